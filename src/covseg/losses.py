@@ -1,0 +1,75 @@
+"""The paper's loss: weighted binary cross-entropy over the three heads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from covseg.models.bifurcated import SegOutput
+
+__all__ = ["BifurcatedLoss", "LossTerms", "soft_dice_loss"]
+
+
+@dataclass
+class LossTerms:
+    """The total and each head's (unweighted) term, for logging. Absent heads are ``None``."""
+
+    total: torch.Tensor
+    lung: torch.Tensor | None
+    infection_aux: torch.Tensor | None
+    infection: torch.Tensor
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """``1 - soft Dice`` over the whole batch, ``(B, 1, H, W)`` logits and targets in {0, 1}."""
+    p = torch.sigmoid(logits)
+    inter = (p * target).sum()
+    return 1 - (2 * inter + eps) / (p.sum() + target.sum() + eps)
+
+
+class BifurcatedLoss(nn.Module):
+    """``w_lung * BCE(lung) + w_aux * BCE(aux) + w_final * BCE(final)``.
+
+    The paper's weights are 0.5 / 1 / 2 (the authors' code used 1 / 1 / 2). Heads that the model
+    does not predict (``None``) contribute nothing; ``w_aux = 0`` is the "no deep supervision"
+    ablation. An optional soft-Dice term (off by default) is added to each infection head.
+
+    Args:
+        w_lung: weight of the lung head.
+        w_aux: weight of the infection decoder's (deep-supervision) head.
+        w_final: weight of the fusion block's final infection head.
+        dice: weight of the soft-Dice term added to both infection heads (0 = off).
+
+    Shape:
+        ``out`` holds ``(B, 1, H, W)`` logits; ``lung`` and ``infection`` are ``(B, 1, H, W)``
+        targets in {0, 1} (float).
+    """
+
+    def __init__(
+        self, w_lung: float = 0.5, w_aux: float = 1.0, w_final: float = 2.0, dice: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.w_lung, self.w_aux, self.w_final, self.dice = w_lung, w_aux, w_final, dice
+
+    def _infection_term(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        term = F.binary_cross_entropy_with_logits(logits, target)
+        if self.dice > 0:
+            term = term + self.dice * soft_dice_loss(logits, target)
+        return term
+
+    def forward(
+        self, out: SegOutput, lung: torch.Tensor | None, infection: torch.Tensor
+    ) -> LossTerms:
+        final = self._infection_term(out.infection, infection)
+        total = self.w_final * final
+        lung_term = aux_term = None
+        if out.lung is not None and lung is not None:
+            lung_term = F.binary_cross_entropy_with_logits(out.lung, lung)
+            total = total + self.w_lung * lung_term
+        if out.infection_aux is not None:
+            aux_term = self._infection_term(out.infection_aux, infection)
+            total = total + self.w_aux * aux_term
+        return LossTerms(total, lung_term, aux_term, final)

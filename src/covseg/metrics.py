@@ -1,0 +1,199 @@
+"""Overlap metrics on confusion counts, and the three ways of aggregating them.
+
+Per-slice metrics are pure functions of the counts ``tp, fp, fn, tn`` (NumPy arrays, any shape).
+Empty rules — a case whose truth and prediction are both empty — are explicit:
+
+* ``per_slice_mean`` (the paper / the authors' code): every metric of a slice whose truth and
+  prediction are both empty is 1, then slices are averaged. Where only the denominator of a
+  metric is zero otherwise (e.g. PPV of an empty prediction against a non-empty truth) the
+  metric is 0.
+* ``per_volume_mean`` (Ma et al.'s benchmark): the same rule, applied once per case (volume)
+  with counts summed over its slices, then cases are averaged.
+* ``pooled``: all pixels of all items together; a metric whose denominator is zero is ``nan``.
+
+Hausdorff (HD95) and normalised surface Dice come from MONAI (see
+:func:`surface_metrics`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "METRICS",
+    "ConfusionAccumulator",
+    "aggregate",
+    "confusion",
+    "dice",
+    "iou",
+    "ppv",
+    "sensitivity",
+    "specificity",
+    "surface_metrics",
+]
+
+METRICS = ("dice", "iou", "ppv", "sensitivity", "specificity")
+
+
+def confusion(pred: np.ndarray, truth: np.ndarray, axes: tuple[int, ...] | None = None):
+    """Counts ``(tp, fp, fn, tn)`` of boolean ``pred`` against ``truth`` summed over ``axes``
+    (all axes when ``None``)."""
+    pred = np.asarray(pred).astype(bool)
+    truth = np.asarray(truth).astype(bool)
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction shape {pred.shape} != truth shape {truth.shape}")
+    tp = np.sum(pred & truth, axis=axes, dtype=np.int64)
+    fp = np.sum(pred & ~truth, axis=axes, dtype=np.int64)
+    fn = np.sum(~pred & truth, axis=axes, dtype=np.int64)
+    tn = np.sum(~pred & ~truth, axis=axes, dtype=np.int64)
+    return tp, fp, fn, tn
+
+
+def _ratio(num, den, both_empty, empty_value: float) -> np.ndarray:
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(den > 0, num / np.where(den > 0, den, 1), empty_value)
+    return np.where(both_empty, 1.0, out) if both_empty is not None else out
+
+
+def dice(tp, fp, fn, tn=None, *, empty: float = 1.0) -> np.ndarray:
+    """``2 TP / (2 TP + FP + FN)``; ``empty`` where truth and prediction are both empty."""
+    tp, fp, fn = (np.asarray(a) for a in (tp, fp, fn))
+    return _ratio(2 * tp, 2 * tp + fp + fn, (tp + fp + fn) == 0, empty)
+
+
+def iou(tp, fp, fn, tn=None, *, empty: float = 1.0) -> np.ndarray:
+    """``TP / (TP + FP + FN)`` (Jaccard); ``empty`` where both are empty."""
+    tp, fp, fn = (np.asarray(a) for a in (tp, fp, fn))
+    return _ratio(tp, tp + fp + fn, (tp + fp + fn) == 0, empty)
+
+
+def ppv(tp, fp, fn, tn=None, *, empty: float = 1.0) -> np.ndarray:
+    """Precision ``TP / (TP + FP)``; ``empty`` where both are empty, 0 for an empty prediction
+    against a non-empty truth."""
+    tp, fp, fn = (np.asarray(a) for a in (tp, fp, fn))
+    return _ratio(tp, tp + fp, (tp + fp + fn) == 0, 0.0)
+
+
+def sensitivity(tp, fp, fn, tn=None, *, empty: float = 1.0) -> np.ndarray:
+    """Recall ``TP / (TP + FN)``; ``empty`` where both are empty, 0 for an empty truth with a
+    non-empty prediction (nothing to find, something wrongly found)."""
+    tp, fp, fn = (np.asarray(a) for a in (tp, fp, fn))
+    return _ratio(tp, tp + fn, (tp + fp + fn) == 0, 0.0)
+
+
+def specificity(tp, fp, fn, tn, *, empty: float = 1.0) -> np.ndarray:
+    """``TN / (TN + FP)``; 1 where the slice has no negatives and no false positives."""
+    fp, tn = np.asarray(fp), np.asarray(tn)
+    return _ratio(tn, tn + fp, (tn + fp) == 0, 1.0)
+
+
+_FUNCS = {
+    "dice": dice,
+    "iou": iou,
+    "ppv": ppv,
+    "sensitivity": sensitivity,
+    "specificity": specificity,
+}
+
+
+def _scores(tp, fp, fn, tn, *, pooled: bool) -> dict[str, float]:
+    out = {}
+    for name, fn_ in _FUNCS.items():
+        v = fn_(tp, fp, fn, tn)
+        if pooled:
+            den = {
+                "dice": 2 * tp + fp + fn,
+                "iou": tp + fp + fn,
+                "ppv": tp + fp,
+                "sensitivity": tp + fn,
+                "specificity": tn + fp,
+            }[name]
+            out[name] = float(v) if den > 0 else float("nan")
+        else:
+            out[name] = float(np.mean(v)) if np.size(v) else float("nan")
+    return out
+
+
+@dataclass
+class ConfusionAccumulator:
+    """Collects per-slice counts tagged with their case, then aggregates in any mode.
+
+    Example:
+        >>> acc = ConfusionAccumulator()
+        >>> acc.add(pred_slices, truth_slices, case="p1")  # (N, H, W) booleans
+        >>> acc.aggregate("per_slice_mean")["dice"]
+    """
+
+    counts: list[np.ndarray] = field(default_factory=list)  # rows (tp, fp, fn, tn)
+    cases: list[str] = field(default_factory=list)
+
+    def add(self, pred: np.ndarray, truth: np.ndarray, case: str) -> None:
+        """Add ``(N, H, W)`` (or ``(H, W)``) binary prediction and truth of one case."""
+        pred, truth = np.asarray(pred), np.asarray(truth)
+        if pred.ndim == 2:
+            pred, truth = pred[None], truth[None]
+        tp, fp, fn, tn = confusion(pred, truth, axes=(1, 2))
+        self.counts.extend(np.stack([tp, fp, fn, tn], axis=1))
+        self.cases.extend([case] * len(tp))
+
+    def aggregate(self, mode: str) -> dict[str, float]:
+        return aggregate(np.array(self.counts).reshape(-1, 4), self.cases, mode)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.counts)
+
+
+def aggregate(counts: np.ndarray, cases: Iterable[str], mode: str) -> dict[str, float]:
+    """Aggregate per-slice counts ``(N, 4)`` = ``(tp, fp, fn, tn)`` with their case ids.
+
+    Args:
+        counts: one row per slice.
+        cases: the case (patient/volume) of each row.
+        mode: ``"per_slice_mean"``, ``"per_volume_mean"`` or ``"pooled"`` (module docstring).
+
+    Returns:
+        ``{"dice", "iou", "ppv", "sensitivity", "specificity"}`` as floats.
+    """
+    counts = np.asarray(counts, dtype=np.int64).reshape(-1, 4)
+    if mode == "per_slice_mean":
+        return _scores(*counts.T, pooled=False)
+    if mode == "pooled":
+        return _scores(*counts.sum(axis=0), pooled=True)
+    if mode == "per_volume_mean":
+        cases = list(cases)
+        ids = sorted(set(cases))
+        per_case = np.array([counts[[c == i for c in cases]].sum(axis=0) for i in ids])
+        return _scores(*per_case.reshape(-1, 4).T, pooled=False)
+    raise ValueError(f"unknown aggregation mode {mode!r}")
+
+
+def surface_metrics(
+    pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...], tolerance_mm: float = 3.0
+) -> dict[str, float]:
+    """HD95 (mm) and normalised surface Dice at ``tolerance_mm`` of one 3-D (or 2-D) case, by
+    MONAI. Both empty: HD95 0 and NSD 1; exactly one empty: HD95 ``nan`` (undefined) and NSD 0.
+
+    Args:
+        pred: binary prediction ``(X, Y, Z)`` or ``(H, W)``.
+        truth: binary truth of the same shape.
+        spacing: voxel size in mm per axis.
+    """
+    import torch
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+
+    p, t = np.asarray(pred).astype(bool), np.asarray(truth).astype(bool)
+    if not p.any() and not t.any():
+        return {"hd95_mm": 0.0, "nsd_3mm": 1.0}
+    if not p.any() or not t.any():
+        return {"hd95_mm": float("nan"), "nsd_3mm": 0.0}
+    pt = torch.from_numpy(p)[None, None].float()
+    tt = torch.from_numpy(t)[None, None].float()
+    hd = compute_hausdorff_distance(pt, tt, percentile=95, spacing=list(spacing))
+    nsd = compute_surface_dice(pt, tt, class_thresholds=[tolerance_mm], spacing=list(spacing))
+    return {"hd95_mm": float(hd.item()), "nsd_3mm": float(nsd.item())}

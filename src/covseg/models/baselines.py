@@ -1,0 +1,33 @@
+"""Single-task U-Net baseline of matched width (the paper's claim needs a fair comparison)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from covseg.config import ModelConfig
+from covseg.models.bifurcated import DIVISOR, Encoder, SegOutput, UNetDecoder, _pad_to
+
+__all__ = ["UNetBaseline"]
+
+
+class UNetBaseline(nn.Module):
+    """The bifurcated network's encoder and infection decoder alone: no lung decoder, no fusion,
+    no deep supervision. Blocks follow ``cfg`` (inception or not), so widths and receptive
+    fields match the bifurcated model of the same preset.
+
+    Shape:
+        ``(B, 1, H, W) -> SegOutput(lung=None, infection_aux=None, infection=(B, 1, H, W))``.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = UNetDecoder(self.encoder.out_channels, cfg.infection_decoder_channels, cfg)
+        self.head = nn.Conv2d(self.decoder.out_channels, 1, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> SegOutput:
+        h, w = x.shape[-2:]
+        logits = self.head(self.decoder(self.encoder(_pad_to(x, DIVISOR))))
+        return SegOutput(None, None, logits[..., :h, :w])

@@ -1,0 +1,207 @@
+"""The Bifurcated Autoencoder: one shared encoder, two U-Net decoders, an FCN fusion block.
+
+Paper: Yazdekhasty, Zindari et al., "Bifurcated Autoencoder for Segmentation of COVID-19 Infected
+Regions in CT Images". What the paper states is followed; where it is silent, the authors'
+public code is (noted in each docstring).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from covseg.config import ModelConfig
+from covseg.models.blocks import ConvBNReLU, DoubleConv, InceptionBlock
+
+__all__ = ["BifurcatedNet", "Encoder", "FusionHead", "SegOutput", "UNetDecoder"]
+
+#: Input sides are padded to a multiple of this (4 pooling steps), outputs cropped back.
+DIVISOR = 16
+
+
+class SegOutput(NamedTuple):
+    """Logits, each ``(B, 1, H, W)``; no sigmoid is applied inside the models.
+
+    A model that does not predict a head (the single-task U-Net baseline has no lung head and no
+    auxiliary head) sets it to ``None``.
+    """
+
+    lung: torch.Tensor | None
+    infection_aux: torch.Tensor | None
+    infection: torch.Tensor
+
+
+def _block(cfg: ModelConfig, in_ch: int, out_ch: int, d_rate: int) -> nn.Module:
+    if cfg.use_inception:
+        return InceptionBlock(
+            in_ch, out_ch, d_rate, cfg.inception_kernels, cfg.dropout, cfg.factorize
+        )
+    return DoubleConv(in_ch, out_ch)
+
+
+class Encoder(nn.Module):
+    """Shared encoder: inception blocks at the high-resolution front, double convs deeper,
+    2x2 max-pool between the 5 levels.
+
+    Args:
+        cfg: ``encoder_channels`` (5 widths), ``encoder_inception_levels`` (paper: 1),
+            ``encoder_d_rate`` (authors: 3).
+
+    Shape:
+        ``(B, C_in, H, W) -> [ (B, c_i, H / 2**i, W / 2**i) for i in 0..4 ]``; ``H, W`` must be
+        multiples of 16.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        ch = cfg.encoder_channels
+        blocks = []
+        for i, out_ch in enumerate(ch):
+            in_ch = cfg.in_channels if i == 0 else ch[i - 1]
+            if i < cfg.encoder_inception_levels:
+                blocks.append(_block(cfg, in_ch, out_ch, cfg.encoder_d_rate))
+            else:
+                blocks.append(DoubleConv(in_ch, out_ch))
+        self.blocks = nn.ModuleList(blocks)
+        self.out_channels: tuple[int, ...] = tuple(ch)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for i, block in enumerate(self.blocks):
+            if i > 0:
+                x = F.max_pool2d(x, 2)
+            x = block(x)
+            feats.append(x)
+        return feats
+
+
+class UNetDecoder(nn.Module):
+    """A U-Net decoder over the shared encoder's features, ending in an inception block.
+
+    Level 4 is a double conv on the bottleneck; each higher level up-samples (2x2 transposed
+    conv), concatenates the encoder skip and applies a double conv; level 0 uses an inception
+    block with ``decoder_d_rate`` instead (the paper: one inception block at each decoder's end).
+
+    Args:
+        encoder_channels: the encoder's ``out_channels``.
+        channels: the decoder's 5 widths, level 0 (full resolution) first.
+        cfg: block settings (inception kernels, dilation, ablation switches).
+
+    Shape:
+        features as returned by :class:`Encoder` -> ``(B, channels[0], H, W)``.
+    """
+
+    def __init__(
+        self, encoder_channels: tuple[int, ...], channels: tuple[int, ...], cfg: ModelConfig
+    ) -> None:
+        super().__init__()
+        self.center = DoubleConv(encoder_channels[-1], channels[-1])
+        ups, blocks = [], []
+        for level in range(len(channels) - 2, -1, -1):
+            ups.append(nn.ConvTranspose2d(channels[level + 1], channels[level], 2, stride=2))
+            in_ch = channels[level] + encoder_channels[level]
+            if level == 0:
+                blocks.append(_block(cfg, in_ch, channels[0], cfg.decoder_d_rate))
+            else:
+                blocks.append(DoubleConv(in_ch, channels[level]))
+        self.ups = nn.ModuleList(ups)
+        self.blocks = nn.ModuleList(blocks)
+        self.out_channels = channels[0]
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        x = self.center(feats[-1])
+        for up, block, skip in zip(self.ups, self.blocks, reversed(feats[:-1]), strict=True):
+            x = block(torch.cat([up(x), skip], dim=1))
+        return x
+
+
+class FusionHead(nn.Module):
+    """The FCN fusion block: gated [image, infection probability, ...] -> final infection logits.
+
+    Layers as in the authors' code: inception block (F=32, d_rate 3) -> 1x1 conv 32 -> 3x3 conv
+    16 -> 1x1 conv to one logit map (widths from ``cfg.fusion_channels``).
+
+    Shape:
+        ``(B, in_ch, H, W) -> (B, 1, H, W)``.
+    """
+
+    def __init__(self, in_ch: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        f, c1, c2 = cfg.fusion_channels
+        self.layers = nn.Sequential(
+            _block(cfg, in_ch, f, cfg.fusion_d_rate),
+            ConvBNReLU(f, c1, kernel=1),
+            ConvBNReLU(c1, c2, kernel=3),
+            nn.Conv2d(c2, 1, kernel_size=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def lung_gate(lung_logits: torch.Tensor, mode: str) -> torch.Tensor:
+    """The gate that multiplies the fusion input, ``(B, 1, H, W)``.
+
+    ``"soft"`` is the lung probability (authors' code). ``"binary"`` is the thresholded mask
+    (the paper) with a straight-through gradient: the forward value is ``p > 0.5``, the backward
+    pass uses the gradient of ``p``, so the fusion loss still reaches the lung decoder instead of
+    being cut by a step function.
+    """
+    p = torch.sigmoid(lung_logits)
+    if mode == "soft":
+        return p
+    hard = (p > 0.5).to(p.dtype)
+    return hard + p - p.detach()
+
+
+class BifurcatedNet(nn.Module):
+    """Shared encoder, lung decoder, deep-supervised infection decoder, fusion block.
+
+    Args:
+        cfg: the architecture (see :class:`~covseg.config.ModelConfig`).
+
+    Shape:
+        ``(B, 1, H, W)`` with any ``H, W`` (padded to multiples of 16 internally, cropped back)
+        -> :class:`SegOutput` of three ``(B, 1, H, W)`` logit maps.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        enc = self.encoder.out_channels
+        self.lung_decoder = UNetDecoder(enc, cfg.lung_decoder_channels, cfg)
+        self.infection_decoder = UNetDecoder(enc, cfg.infection_decoder_channels, cfg)
+        self.lung_head = nn.Conv2d(self.lung_decoder.out_channels, 1, kernel_size=1)
+        self.infection_head = nn.Conv2d(self.infection_decoder.out_channels, 1, kernel_size=1)
+        fusion_in = cfg.in_channels + 1
+        if cfg.fusion_inputs == "authors":
+            fusion_in += self.infection_decoder.out_channels + enc[0]
+        self.fusion = FusionHead(fusion_in, cfg)
+
+    def forward(self, x: torch.Tensor) -> SegOutput:
+        h, w = x.shape[-2:]
+        x = _pad_to(x, DIVISOR)
+        feats = self.encoder(x)
+        lung = self.lung_head(self.lung_decoder(feats))
+        inf_feat = self.infection_decoder(feats)
+        aux = self.infection_head(inf_feat)
+        parts = [x, torch.sigmoid(aux)]
+        if self.cfg.fusion_inputs == "authors":
+            parts += [inf_feat, feats[0]]
+        fused = torch.cat(parts, dim=1)
+        if self.cfg.lung_gate != "none":
+            fused = fused * lung_gate(lung, self.cfg.lung_gate)
+        infection = self.fusion(fused)
+        return SegOutput(lung[..., :h, :w], aux[..., :h, :w], infection[..., :h, :w])
+
+
+def _pad_to(x: torch.Tensor, divisor: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % divisor, (-w) % divisor
+    if ph == 0 and pw == 0:
+        return x
+    return F.pad(x, (0, pw, 0, ph))

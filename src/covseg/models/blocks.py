@@ -1,0 +1,129 @@
+"""Convolution blocks: conv-BN-ReLU, the U-Net double conv, and the paper's inception block."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["ConvBNReLU", "DoubleConv", "InceptionBlock", "SeparableMaxPool"]
+
+
+class ConvBNReLU(nn.Sequential):
+    """``Conv2d -> BatchNorm2d -> ReLU`` with "same" padding for any kernel size and dilation.
+
+    Args:
+        in_ch: input channels.
+        out_ch: output channels.
+        kernel: odd kernel size.
+        dilation: dilation rate; padding is ``dilation * (kernel - 1) // 2`` so that the spatial
+            size is kept.
+    """
+
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel: int = 3, dilation: int = 1, factorize: bool = False
+    ) -> None:
+        if kernel % 2 != 1:
+            raise ValueError(f"kernel must be odd, got {kernel}")
+        pad = dilation * (kernel - 1) // 2
+        if factorize and kernel > 3:
+            # k x k as k x 1 then 1 x k (Inception-v3): same receptive field, 2k/k^2 the FLOPs.
+            convs: list[nn.Module] = [
+                nn.Conv2d(
+                    in_ch, out_ch, (kernel, 1), padding=(pad, 0), dilation=dilation, bias=False
+                ),
+                nn.Conv2d(
+                    out_ch, out_ch, (1, kernel), padding=(0, pad), dilation=dilation, bias=False
+                ),
+            ]
+        else:
+            convs = [nn.Conv2d(in_ch, out_ch, kernel, padding=pad, dilation=dilation, bias=False)]
+        super().__init__(*convs, nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
+
+
+class SeparableMaxPool(nn.Module):
+    """``k x k`` max-pool, stride 1, same padding, computed as ``1 x k`` then ``k x 1``.
+
+    Max is separable, so the result equals ``nn.MaxPool2d(k, 1, k // 2)`` exactly; on the CPU it
+    is ~10x faster at full resolution.
+    """
+
+    def __init__(self, kernel: int = 7) -> None:
+        super().__init__()
+        pad = kernel // 2
+        self.rows = nn.MaxPool2d((1, kernel), stride=1, padding=(0, pad))
+        self.cols = nn.MaxPool2d((kernel, 1), stride=1, padding=(pad, 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cols(self.rows(x))
+
+
+class DoubleConv(nn.Sequential):
+    """The U-Net block: two 3x3 ``ConvBNReLU``. Input ``(B, in_ch, H, W)`` -> ``(B, out_ch, H, W)``."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__(ConvBNReLU(in_ch, out_ch), ConvBNReLU(out_ch, out_ch))
+
+
+class InceptionBlock(nn.Module):
+    """The multi-scale dilated inception block (paper Fig. 2).
+
+    Four parallel branches, each with ``filters // 2`` channels:
+
+    a) two ``k_a`` convs without dilation (paper: 3x3, 3x3);
+    b) two ``k_b`` convs with dilation ``d_rate`` (paper: 5x5, 5x5; authors' code 7x7, 5x5);
+    c) two ``k_c`` convs with dilation ``d_rate`` (paper: 9x9, 9x9; authors' code 9x9, 7x7);
+    d) 7x7 max-pool, stride 1, same padding, then a 1x1 conv to ``filters // 2`` channels
+       (the paper does not give the pool branch's width; the 1x1 projection keeps every branch
+       at ``filters // 2`` as the paper states).
+
+    The branches and the block input are concatenated (the input concatenation is from the
+    authors' code; the paper is silent), then fused to ``filters`` channels as in the authors'
+    code: dropout, dilated 3x3 conv to ``1.5 * filters``, dilated 3x3 conv to ``filters``.
+
+    Args:
+        in_ch: input channels.
+        filters: output channels ``F``.
+        d_rate: dilation of branches b, c and of the fusion convs.
+        kernels: the three kernel pairs ``((a1, a2), (b1, b2), (c1, c2))``.
+        dropout: dropout probability before the fusion convs (authors: 0.07). Channel-wise
+            (``Dropout2d``): element-wise dropout's random mask costs ~6 % of a CPU training
+            step at full resolution for no known benefit at p = 0.07.
+        factorize: compute kernels larger than 3 as ``k x 1`` then ``1 x k`` (the efficient
+            variant; not in the paper).
+
+    Shape:
+        ``(B, in_ch, H, W) -> (B, filters, H, W)``.
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        filters: int,
+        d_rate: int = 1,
+        kernels: tuple[tuple[int, int], ...] = ((3, 3), (5, 5), (9, 9)),
+        dropout: float = 0.07,
+        factorize: bool = False,
+    ) -> None:
+        super().__init__()
+        half = max(1, filters // 2)
+        dilations = (1, d_rate, d_rate)
+        self.branches = nn.ModuleList(
+            nn.Sequential(
+                ConvBNReLU(in_ch, half, k1, d, factorize), ConvBNReLU(half, half, k2, d, factorize)
+            )
+            for (k1, k2), d in zip(kernels, dilations, strict=True)
+        )
+        self.pool = nn.Sequential(SeparableMaxPool(7), ConvBNReLU(in_ch, half, kernel=1))
+        cat_ch = 4 * half + in_ch
+        mid = (3 * filters + 1) // 2
+        self.fuse = nn.Sequential(
+            nn.Dropout2d(dropout) if dropout > 0 else nn.Identity(),
+            ConvBNReLU(cat_ch, mid, 3, d_rate),
+            ConvBNReLU(mid, filters, 3, d_rate),
+        )
+        self.out_channels = filters
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [branch(x) for branch in self.branches]
+        parts += [self.pool(x), x]
+        return self.fuse(torch.cat(parts, dim=1))
