@@ -129,12 +129,157 @@ def _run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- train / cv
+def _train_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by `train` and `cv` (model, optimisation, device)."""
+    p.add_argument("--data", required=True, help="prepared dataset (covseg prepare)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--preset", choices=["paper", "small"], default="small")
+    p.add_argument("--model", choices=["bifurcated", "unet"], default="bifurcated")
+    p.add_argument("--lung-gate", choices=["binary", "soft"], help="override the preset's gate")
+    p.add_argument("--no-lung-gate", action="store_true", help="ablation: no lung gating")
+    p.add_argument("--no-inception", action="store_true", help="ablation: double convs only")
+    p.add_argument("--no-deep-supervision", action="store_true", help="ablation: aux loss 0")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--schedule", choices=["cosine", "plateau", "none"], default="cosine")
+    p.add_argument("--patience", type=int, default=20, help="early stopping (0 = off)")
+    p.add_argument("--dice-loss", type=float, default=0.0, help="extra soft-Dice weight")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--pseudo-weight", type=float, default=0.5)
+    p.add_argument("--extra-data", help="prepared pseudo-labelled data, training only")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _configs(args: argparse.Namespace):
+    from covseg.config import PRESETS, TrainConfig
+
+    model_cfg = PRESETS[args.preset].replace(model=args.model)
+    if args.lung_gate:
+        model_cfg = model_cfg.replace(lung_gate=args.lung_gate)
+    if args.no_lung_gate:
+        model_cfg = model_cfg.replace(lung_gate="none")
+    if args.no_inception:
+        model_cfg = model_cfg.replace(use_inception=False)
+    train_cfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        schedule=args.schedule,
+        patience=args.patience,
+        dice=args.dice_loss,
+        augment=not args.no_augment,
+        pseudo_weight=args.pseudo_weight,
+        w_aux=0.0 if args.no_deep_supervision else 1.0,
+        device=args.device,
+        seed=args.seed,
+    )
+    return model_cfg, train_cfg
+
+
+def _add_train(sub: argparse._SubParsersAction) -> Runner:
+    p = sub.add_parser("train", help="train one model (one fold, or all cases)")
+    _train_flags(p)
+    p.add_argument("--fold", type=int, help="test fold to hold out (0-based)")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--repeat", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.*")
+    return _run_train
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from covseg.train import train
+
+    model_cfg, train_cfg = _configs(args)
+    train_cfg = train_cfg.replace(fold=args.fold, folds=args.folds, repeat=args.repeat)
+    out = train(
+        model_cfg, train_cfg, args.data, args.out, extra_data=args.extra_data, resume=args.resume
+    )
+    log.info("model: %s", out / "best.safetensors")
+    return 0
+
+
+def _add_cv(sub: argparse._SubParsersAction) -> Runner:
+    p = sub.add_parser("cv", help="repeated k-fold cross-validation (train + test every fold)")
+    _train_flags(p)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--fold", type=int, help="run only this fold")
+    p.add_argument("--repeat", type=int, help="run only this repeat")
+    return _run_cv
+
+
+def _run_cv(args: argparse.Namespace) -> int:
+    from covseg.crossval import run_cv
+
+    model_cfg, train_cfg = _configs(args)
+    run_cv(
+        args.data,
+        args.out,
+        model_cfg,
+        train_cfg,
+        folds=args.folds,
+        repeats=args.repeats,
+        fold=args.fold,
+        repeat=args.repeat,
+        extra_data=args.extra_data,
+    )
+    return 0
+
+
+# -------------------------------------------------------------------- report / evaluate
+def _add_report(sub: argparse._SubParsersAction) -> Runner:
+    p = sub.add_parser("report", help="Table 2 of a cross-validation folder")
+    p.add_argument("dir", help="the folder of `covseg cv`")
+    p.add_argument("--no-panels", action="store_true", help="skip panels.png")
+    return _run_report
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from covseg.report import make_report
+
+    print(make_report(args.dir, panels=not args.no_panels)["markdown"])
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> Runner:
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint on a labelled dataset")
+    p.add_argument("--checkpoint", required=True, help="RUN/best.safetensors or 'pretrained'")
+    p.add_argument("--data", required=True, help="prepared dataset, or raw slices/zenodo20 folder")
+    p.add_argument("--json", help="write the metrics here")
+    p.add_argument("--threshold", type=float, help="override the checkpoint's threshold")
+    p.add_argument("--tta", action="store_true", help="left-right flip test-time augmentation")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    return _run_evaluate
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from covseg.evaluate import evaluate, format_table
+
+    result = evaluate(
+        args.checkpoint,
+        args.data,
+        args.json,
+        threshold=args.threshold,
+        device=args.device,
+        tta=args.tta,
+    )
+    print(format_table(result))
+    return 0
+
+
 # Sub-commands in the order `covseg --help` lists them.
 COMMANDS: list[Callable[[argparse._SubParsersAction], Runner]] = [
     _add_model_info,
     _add_demo,
     _add_prepare,
     _add_synth,
+    _add_train,
+    _add_cv,
+    _add_report,
+    _add_evaluate,
 ]
 
 

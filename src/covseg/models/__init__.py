@@ -24,10 +24,14 @@ __all__ = [
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """The network described by ``cfg`` (``cfg.model`` picks bifurcated or the U-Net baseline)."""
-    if cfg.model == "unet":
-        return UNetBaseline(cfg)
-    return BifurcatedNet(cfg)
+    """The network described by ``cfg`` (``cfg.model`` picks bifurcated or the U-Net baseline).
+
+    Weights are in channels-last memory format and the models convert their input to it: with
+    the few channels at full resolution, oneDNN's channels-last kernels train ~1.6x faster on the
+    CPU (benchmarks/), and CUDA's tensor-core paths prefer it too.
+    """
+    net: nn.Module = UNetBaseline(cfg) if cfg.model == "unet" else BifurcatedNet(cfg)
+    return net.to(memory_format=torch.channels_last)
 
 
 def count_parameters(model: nn.Module) -> int:

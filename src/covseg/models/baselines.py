@@ -29,5 +29,6 @@ class UNetBaseline(nn.Module):
 
     def forward(self, x: torch.Tensor) -> SegOutput:
         h, w = x.shape[-2:]
+        x = x.contiguous(memory_format=torch.channels_last)
         logits = self.head(self.decoder(self.encoder(_pad_to(x, DIVISOR))))
         return SegOutput(None, None, logits[..., :h, :w])

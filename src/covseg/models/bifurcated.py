@@ -184,6 +184,7 @@ class BifurcatedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> SegOutput:
         h, w = x.shape[-2:]
+        x = x.contiguous(memory_format=torch.channels_last)
         x = _pad_to(x, DIVISOR)
         feats = self.encoder(x)
         lung = self.lung_head(self.lung_decoder(feats))

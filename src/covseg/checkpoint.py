@@ -1,0 +1,254 @@
+"""Checkpoints: weights in safetensors, everything else in a JSON sidecar. Never pickle.
+
+A checkpoint is two files with one stem::
+
+    RUN/best.safetensors   the model's state dict
+    RUN/best.json          {"format", "covseg_version", "requires_covseg", "model_config",
+                            "train_config", "preprocessing", "threshold", "min_component",
+                            "metrics", "epoch", "weights", "sha256"}
+
+The JSON names the weights file and its sha256; :func:`load_checkpoint` rebuilds the network from
+the JSON alone (the nanoGPT habit) after checking the format and the hash. Weights are written
+first and the JSON last, each to a temporary name renamed when complete, so a JSON always names a
+complete weights file.
+
+The optimiser/scheduler state needed by ``--resume`` is stored the same way
+(:func:`save_train_state`): tensors in ``RUN/last_state.safetensors``, the rest in
+``RUN/last_state.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from covseg._version import __version__
+from covseg.config import ModelConfig, from_dict
+from covseg.errors import CheckpointError
+
+__all__ = [
+    "FORMAT",
+    "load_checkpoint",
+    "load_train_state",
+    "pretrained_path",
+    "read_meta",
+    "save_checkpoint",
+    "save_train_state",
+    "update_meta",
+]
+
+#: Checkpoint format written by this covseg; readers refuse newer ones.
+FORMAT = 1
+#: The first covseg version that reads :data:`FORMAT` (recorded so older readers can say so).
+REQUIRES_COVSEG = "0.1.0"
+
+
+def pretrained_path() -> Path:
+    """The shipped model ``covseg/pretrained/model.safetensors`` (with ``model.json``).
+
+    Raises:
+        CheckpointError: no pretrained model is shipped in this install.
+    """
+    path = Path(__file__).parent / "pretrained" / "model.safetensors"
+    if not path.exists() or not path.with_suffix(".json").exists():
+        raise CheckpointError(
+            f"no pretrained model is shipped in this install ({path} is missing); "
+            "pass --checkpoint RUN/best.safetensors from `covseg train`"
+        )
+    return path
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    """``(weights, json)`` of a checkpoint given either file or the bare stem."""
+    p = Path(path)
+    if p.suffix in (".safetensors", ".json"):
+        p = p.with_suffix("")
+    return p.with_suffix(".safetensors"), p.with_suffix(".json")
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
+    """Write ``model``'s weights and a JSON sidecar holding ``meta`` plus format and hash.
+
+    Args:
+        path: ``.../name.safetensors`` (or ``name.json``, or the stem ``name``).
+        model: the network (a DDP wrapper is unwrapped).
+        meta: at least ``"model_config"`` (a :func:`covseg.config.to_dict` dict); typically also
+            ``train_config``, ``preprocessing``, ``threshold``, ``min_component``, ``metrics``.
+
+    Returns:
+        The weights path.
+    """
+    weights, side = _paths(path)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    model = getattr(model, "module", model)
+    _write_tensors(weights, model.state_dict())
+    record = {
+        "threshold": 0.5,
+        "min_component": 0,
+        **meta,
+        "format": FORMAT,
+        "requires_covseg": REQUIRES_COVSEG,
+        "covseg_version": __version__,
+        "weights": weights.name,
+        "sha256": _sha256(weights),
+    }
+    _write_json(side, record)
+    return weights
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The JSON sidecar of a checkpoint, its format checked (the weights are not read).
+
+    Raises:
+        CheckpointError: missing or unreadable JSON, or a format newer than this covseg reads.
+    """
+    _, side = _paths(path)
+    try:
+        meta = json.loads(side.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{side}: missing (a checkpoint is a .safetensors + .json pair)") from None
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{side}: unreadable checkpoint metadata ({err})") from None
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    if not isinstance(fmt, int):
+        raise CheckpointError(f"{side}: not a covseg checkpoint (no format number)")
+    if fmt > FORMAT:
+        need = meta.get("requires_covseg") or f"a version newer than {__version__}"
+        raise CheckpointError(
+            f"{side}: checkpoint format {fmt} needs covseg >= {need} "
+            f"(this is covseg {__version__}, reading format <= {FORMAT}); upgrade covseg"
+        )
+    return meta
+
+
+def update_meta(path: str | Path, **changes: Any) -> dict[str, Any]:
+    """Rewrite fields of a checkpoint's JSON (e.g. the chosen threshold); weights untouched."""
+    _, side = _paths(path)
+    meta = {**read_meta(side), **changes}
+    _write_json(side, meta)
+    return meta
+
+
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network of a checkpoint from its JSON and load its verified weights.
+
+    Args:
+        path: the ``.safetensors`` or ``.json`` file (or their common stem).
+        device: where to put the model.
+
+    Returns:
+        ``(model in eval mode, meta dict)``.
+
+    Raises:
+        CheckpointError: missing files, a newer format, a sha256 mismatch (the weights were
+            modified or are corrupt), or weights that do not fit the recorded model config.
+    """
+    from covseg.models import build_model
+
+    weights, side = _paths(path)
+    meta = read_meta(side)
+    weights = side.parent / meta.get("weights", weights.name)
+    if not weights.exists():
+        raise CheckpointError(f"{weights}: missing (named by {side.name})")
+    if _sha256(weights) != meta.get("sha256"):
+        raise CheckpointError(
+            f"{weights}: weights do not match the recorded sha256 — file modified or corrupt"
+        )
+    try:
+        cfg = from_dict(ModelConfig, meta["model_config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{side}: bad model_config ({err})") from None
+    model = build_model(cfg)
+    try:
+        state = load_file(str(weights))
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, OSError) as err:
+        first = str(err).strip().splitlines()[0][:200]
+        raise CheckpointError(
+            f"{weights}: weights do not fit the model config recorded in {side.name} ({first})"
+        ) from None
+    return model.to(device).eval(), meta
+
+
+# ------------------------------------------------------------------ training state (resume)
+def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Move tensors of a nested dict/list into ``tensors``; leave ``{"__tensor__": key}``."""
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj
+        return {"__tensor__": prefix}
+    if isinstance(obj, dict):
+        return {str(k): _flatten(v, f"{prefix}.{k}", tensors) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+    return obj
+
+
+def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            return tensors[obj["__tensor__"]]
+        return {k: _unflatten(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unflatten(v, tensors) for v in obj]
+    return obj
+
+
+def save_train_state(path: str | Path, state: dict[str, Any]) -> None:
+    """Write a nested dict of tensors and JSON values (optimizer/scheduler state dicts, RNG
+    states as uint8 tensors, counters) as ``path.safetensors`` + ``path.json``, without pickle."""
+    weights, side = _paths(path)
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _flatten(state, "s", tensors)
+    _write_tensors(weights, tensors)
+    _write_json(side, {"format": FORMAT, "state": skeleton, "sha256": _sha256(weights)})
+
+
+def load_train_state(path: str | Path) -> dict[str, Any]:
+    """Inverse of :func:`save_train_state`; optimizer state-dict keys that were ints are ints.
+
+    Raises:
+        CheckpointError: missing or mismatching files.
+    """
+    weights, side = _paths(path)
+    meta = read_meta(side)
+    if not weights.exists() or _sha256(weights) != meta.get("sha256"):
+        raise CheckpointError(
+            f"{weights}: training state does not match the recorded sha256 — file modified or corrupt"
+        )
+    return _unflatten(meta["state"], load_file(str(weights)))

@@ -1,0 +1,173 @@
+"""The paper's Table 2 from a cross-validation folder.
+
+Each fold's number is the mean over its repeats; "Average ± std" is the mean and the population
+standard deviation (``ddof=0``) over folds. Each aggregation mode of :mod:`covseg.metrics` gets
+its own table; volume datasets also get HD95 and NSD@3mm (mean over the test volumes of a run,
+NaN HD95 of an empty prediction skipped).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from covseg.errors import DataError
+from covseg.metrics import aggregate
+
+__all__ = ["MODES", "ROWS", "format_markdown", "make_report"]
+
+MODES = ("per_slice_mean", "per_volume_mean", "pooled")
+#: Table rows: (metric key, label), in the paper's order.
+ROWS = (
+    ("iou", "IoU"),
+    ("dice", "Dice"),
+    ("ppv", "PPV"),
+    ("sensitivity", "Sensitivity"),
+    ("specificity", "Specificity"),
+)
+SURFACE = (("hd95_mm", "HD95 (mm)"), ("nsd_3mm", "NSD@3mm"))
+
+_RUN = re.compile(r"^fold(\d+)_rep(\d+)$")
+
+
+def _runs(root: Path) -> dict[int, dict[int, dict]]:
+    runs: dict[int, dict[int, dict]] = {}
+    for d in sorted(root.iterdir()) if root.is_dir() else ():
+        m = _RUN.match(d.name)
+        if m and (d / "test_metrics.json").exists():
+            try:
+                data = json.loads((d / "test_metrics.json").read_text())
+            except (OSError, ValueError) as err:
+                raise DataError(f"{d / 'test_metrics.json'}: unreadable ({err})") from None
+            runs.setdefault(int(m.group(1)), {})[int(m.group(2))] = data
+    if not runs:
+        raise DataError(f"{root}: no fold*_rep*/test_metrics.json (run `covseg cv` first)")
+    return runs
+
+
+def _run_scores(run: dict, mode: str) -> dict[str, float]:
+    scores = aggregate(np.asarray(run["counts"]).reshape(-1, 4), run["cases"], mode)
+    if mode == "per_slice_mean" and run.get("surface"):
+        for key, _ in SURFACE:
+            vals = [v[key] for v in run["surface"].values() if not math.isnan(v[key])]
+            scores[key] = float(np.mean(vals)) if vals else math.nan
+    return scores
+
+
+def _table(runs: dict[int, dict[int, dict]], mode: str) -> dict[str, Any]:
+    folds = sorted(runs)
+    keys = [k for k, _ in ROWS]
+    surface = mode == "per_slice_mean" and any(r.get("surface") for f in runs.values() for r in f.values())
+    if surface:
+        keys += [k for k, _ in SURFACE]
+    per_fold: dict[str, list[float]] = {k: [] for k in keys}
+    for f in folds:
+        scores = [_run_scores(runs[f][r], mode) for r in sorted(runs[f])]
+        for k in keys:
+            vals = [s.get(k, math.nan) for s in scores]
+            per_fold[k].append(float(np.nanmean(vals)) if not all(math.isnan(v) for v in vals) else math.nan)
+    rows = {}
+    for k in keys:
+        v = np.array(per_fold[k], dtype=float)
+        ok = v[~np.isnan(v)]
+        rows[k] = {
+            "folds": per_fold[k],
+            "mean": float(ok.mean()) if ok.size else math.nan,
+            "std": float(ok.std()) if ok.size else math.nan,
+        }
+    return {"folds": [f + 1 for f in folds], "repeats": {f + 1: len(runs[f]) for f in folds}, "rows": rows}
+
+
+def format_markdown(table: dict[str, Any], title: str) -> str:
+    """One Table-2 block: rows of metrics, columns Fold 1..K and ``Average ± std``."""
+    labels = dict(ROWS) | dict(SURFACE)
+    head = ["Metric", *[f"Fold {f}" for f in table["folds"]], "Average ± std"]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, row in table["rows"].items():
+        fmt = "{:.2f}" if key == "hd95_mm" else "{:.4f}"
+        cells = [fmt.format(v) for v in row["folds"]]
+        avg = f"{fmt.format(row['mean'])} ± {fmt.format(row['std'])}"
+        lines.append("| " + " | ".join([labels[key], *cells, avg]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def make_report(cv_dir: str | Path, panels: bool = True) -> dict[str, Any]:
+    """Aggregate a cross-validation folder into Table 2 and write the report files.
+
+    Writes ``report.md`` (Markdown tables), ``report.csv`` (mode, metric, fold..., mean, std),
+    ``report.json`` and, with ``panels``, ``panels.png`` (test slices of the first repeat of each
+    fold: input, prediction, ground truth, overlay).
+
+    Args:
+        cv_dir: the folder of ``covseg cv``.
+        panels: draw ``panels.png``.
+
+    Returns:
+        ``{"markdown": str, "tables": {mode: table}, "volume": bool}``.
+
+    Raises:
+        DataError: no finished runs in ``cv_dir``.
+    """
+    root = Path(cv_dir)
+    runs = _runs(root)
+    volume = any(k == "volume" for f in runs.values() for r in f.values() for k in r.get("kinds", {}).values())
+    modes = MODES if volume else ("per_slice_mean", "pooled")
+    titles = {
+        "per_slice_mean": "Per-slice mean (the paper's aggregation)",
+        "per_volume_mean": "Per-volume mean",
+        "pooled": "Pooled over all test pixels",
+    }
+    tables = {m: _table(runs, m) for m in modes}
+    md = "\n".join(format_markdown(tables[m], titles[m]) for m in modes)
+    _write_text(root / "report.md", md)
+    _write_text(root / "report.csv", _csv(tables))
+    _write_text(root / "report.json", json.dumps({"volume": volume, "tables": tables}, indent=1))
+    if panels:
+        _panels(root, runs)
+    return {"markdown": md, "tables": tables, "volume": volume}
+
+
+def _csv(tables: dict[str, dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    n = max(len(t["folds"]) for t in tables.values())
+    w.writerow(["mode", "metric", *[f"fold{k + 1}" for k in range(n)], "mean", "std"])
+    for mode, t in tables.items():
+        for key, row in t["rows"].items():
+            w.writerow([mode, key, *row["folds"], row["mean"], row["std"]])
+    return buf.getvalue()
+
+
+def _panels(root: Path, runs: dict[int, dict[int, dict]]) -> None:
+    from covseg.plots import plot_panels
+
+    parts = []
+    for f in sorted(runs):
+        p = root / f"fold{f}_rep{min(runs[f])}" / "panels.npz"
+        if p.exists():
+            with np.load(p) as z:
+                parts.append({k: z[k] for k in ("image", "pred", "truth", "title")})
+    if parts:
+        plot_panels(
+            np.concatenate([p["image"] for p in parts]),
+            np.concatenate([p["pred"] for p in parts]),
+            np.concatenate([p["truth"] for p in parts]),
+            root / "panels.png",
+            titles=[str(t) for p in parts for t in p["title"]],
+        )
+
+
+def _write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
