@@ -83,8 +83,8 @@ def test_inception_block_shape_and_kernels():
 
 def test_factorized_inception_keeps_receptive_field():
     """The efficient variant must see as far as the full 9x9 dilated kernel."""
-    full = InceptionBlock(1, 16, d_rate=3, dropout=0).eval()
-    fact = InceptionBlock(1, 16, d_rate=3, dropout=0, factorize=True).eval()
+    full = InceptionBlock(1, 16, d_rate=3, dropout=0)
+    fact = InceptionBlock(1, 16, d_rate=3, dropout=0, factorize=True)
     for net in (full, fact):
         x = torch.zeros(1, 1, 97, 97, requires_grad=True)
         net(x)[0, :, 48, 48].sum().backward()
