@@ -8,8 +8,9 @@ Per slice:
 1. dark = below Otsu's threshold (air and lung) -- the body and soft tissue are above it;
 2. dark regions touching the image border are outside air (unless that leaves nothing: a picture
    cropped to the lungs, as in the zenodo20-pseudo slices, has lungs touching the border);
-3. gas pockets are dropped: regions much darker than the lung parenchyma, i.e. close to the
-   darkest air level (trachea, main bronchi, bowel gas) -- lung has vessels and partial volume;
+3. small gas pockets are dropped: regions below 1 % of the slice that are much darker than lung
+   parenchyma, i.e. close to the darkest air level (trachea, main bronchi, bowel gas) -- lung has
+   vessels and partial volume; large ones are kept (a narrow window makes whole lungs black);
 4. regions below 0.1 % of the slice are dropped, and of the rest the two largest are kept (both
    lungs, or one region when they touch), plus any region at least half as large as the largest
    (a lung split in two by a fissure or consolidation);
@@ -71,7 +72,9 @@ def _lung_slice(x: np.ndarray) -> np.ndarray:
         if sizes[lab - 1] < 0.0005 * area:
             continue
         med = float(np.median(x[labels == lab]))
-        if med - air < 0.2 * (thr - air):  # nearly pure gas: trachea, bronchi, bowel
+        # Nearly pure gas: trachea, bronchi, bowel. Only small regions: with a narrow lung window
+        # (some MedSeg slices) the whole lung is as dark as air and must not be dropped.
+        if med - air < 0.2 * (thr - air) and sizes[lab - 1] < 0.01 * area:
             continue
         keep.append(lab)
     if not keep:
