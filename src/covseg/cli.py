@@ -79,6 +79,12 @@ def _add_prepare(sub: argparse._SubParsersAction) -> Runner:
     p.add_argument("--masks-dir", default="masks", help="slices: mask folder name (masks)")
     p.add_argument("--group", help="slices: regex whose first group is the patient id")
     p.add_argument("--pseudo", action="store_true", help="slices: soft 0-255 model masks")
+    p.add_argument(
+        "--rotate",
+        type=int,
+        default=0,
+        help="rotate slices by K x 90 degrees counter-clockwise (zenodo20-pseudo JPGs: 1)",
+    )
     p.add_argument("--force", action="store_true", help="rebuild even if up to date")
     return _run_prepare
 
@@ -103,6 +109,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
         masks_dir=args.masks_dir,
         group=args.group,
         pseudo=args.pseudo,
+        rotate=args.rotate,
         force=args.force,
     )
     return 0
@@ -270,6 +277,50 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------- segment
+def _add_segment(sub: argparse._SubParsersAction) -> Runner:
+    p = sub.add_parser("segment", help="segment lungs and infection; masks, report, overlay")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="NIfTI/DICOM/PNG, or folders")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--checkpoint", default="pretrained", help="CKPT.safetensors or 'pretrained'")
+    p.add_argument("--tta", action="store_true", help="average with left-right flipped slices")
+    p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (8)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    return _run_segment
+
+
+def _run_segment(args: argparse.Namespace) -> int:
+    from covseg.segment import format_summary, segment_files
+
+    reports = segment_files(
+        args.inputs,
+        args.out,
+        checkpoint=args.checkpoint,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=True,
+    )
+    print(format_summary(reports))
+    return 0
+
+
+# --------------------------------------------------------------------- export-onnx
+def _add_export_onnx(sub: argparse._SubParsersAction) -> Runner:
+    p = sub.add_parser("export-onnx", help="export a checkpoint to ONNX (three heads)")
+    p.add_argument("out", metavar="OUT.onnx", help="output file")
+    p.add_argument("--checkpoint", default="pretrained", help="CKPT.safetensors or 'pretrained'")
+    p.add_argument("--opset", type=int, default=17)
+    return _run_export_onnx
+
+
+def _run_export_onnx(args: argparse.Namespace) -> int:
+    from covseg.export import export_onnx
+
+    print(export_onnx(args.checkpoint, args.out, opset=args.opset))
+    return 0
+
+
 # Sub-commands in the order `covseg --help` lists them.
 COMMANDS: list[Callable[[argparse._SubParsersAction], Runner]] = [
     _add_model_info,
@@ -280,6 +331,8 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], Runner]] = [
     _add_cv,
     _add_report,
     _add_evaluate,
+    _add_segment,
+    _add_export_onnx,
 ]
 
 

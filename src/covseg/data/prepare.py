@@ -66,6 +66,7 @@ def prepare(
     masks_dir: str = "masks",
     group: str | None = None,
     pseudo: bool = False,
+    rotate: int = 0,
     force: bool = False,
 ) -> Path:
     """Prepare a dataset folder for training (see the module docstring for the output).
@@ -82,6 +83,10 @@ def prepare(
         masks_dir: ``slices``: the mask folder name (e.g. ``pseudo_masks``).
         group: ``slices``: regex whose first group is the patient id.
         pseudo: ``slices``: soft 0..255 masks thresholded at 128, recorded as ``"pseudo"``.
+        rotate: rotate every slice (image and masks) by ``rotate`` x 90 degrees
+            counter-clockwise after orientation. For 2-D picture sets stored transposed
+            (the zenodo20-pseudo JPGs show the spine on the left: ``rotate=1`` puts it at the
+            bottom, as in the MedSeg slices and the canonical orientation of volumes).
         force: rebuild even when ``out`` is up to date.
 
     Returns:
@@ -114,6 +119,7 @@ def prepare(
         "masks_dir": masks_dir,
         "group": group,
         "pseudo": pseudo,
+        "rotate": rotate % 4,
     }
     digest = _hash(src, layout, params, cases)
     if not force and _is_current(out, digest):
@@ -124,7 +130,7 @@ def prepare(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        records = _write_cases(cases, tmp, size=size, intensity=intensity)
+        records = _write_cases(cases, tmp, size=size, intensity=intensity, rotate=rotate % 4)
         manifest = {
             "format": MANIFEST_FORMAT,
             "covseg_version": __version__,
@@ -190,13 +196,15 @@ def _safe_name(case_id: str, taken: set[str]) -> str:
     return name
 
 
-def _write_cases(cases: list[Case], root: Path, *, size: int, intensity: str) -> list[dict]:
+def _write_cases(
+    cases: list[Case], root: Path, *, size: int, intensity: str, rotate: int = 0
+) -> list[dict]:
     (root / "cases").mkdir()
     reader = _CachedReader()
     records, taken = [], set()
     step = max(1, len(cases) // 10)
     for i, case in enumerate(cases):
-        arrays, record = _prepare_case(case, reader, size=size, intensity=intensity)
+        arrays, record = _prepare_case(case, reader, size=size, intensity=intensity, rotate=rotate)
         name = _safe_name(case.id, taken)
         record["file"] = f"cases/{name}.npz"
         np.savez_compressed(root / record["file"], **arrays)
@@ -227,7 +235,7 @@ class _CachedReader:
 
 
 def _prepare_case(
-    case: Case, reader: _CachedReader, *, size: int, intensity: str
+    case: Case, reader: _CachedReader, *, size: int, intensity: str, rotate: int = 0
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     images, lungs, infections, shapes, rules = [], [], [], [], []
     spacing = None
@@ -249,8 +257,13 @@ def _prepare_case(
             k = _canonical_index(img, src.index)
             slices, inf_s = slices[k : k + 1], inf_s[k : k + 1]
             lung_s = lung_s[k : k + 1] if lung_s is not None else None
+        if rotate:
+            slices, inf_s = np.rot90(slices, rotate, (1, 2)), np.rot90(inf_s, rotate, (1, 2))
+            lung_s = np.rot90(lung_s, rotate, (1, 2)) if lung_s is not None else None
         shapes.append(list(slices.shape[1:]))
         sp = canonical_spacing(img) if src.index is None else None
+        if sp is not None and rotate % 2:
+            sp = (sp[1], sp[0], sp[2])
         if sp is not None:
             n_h, n_w = slices.shape[1:]
             spacing = (
