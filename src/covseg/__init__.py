@@ -16,5 +16,15 @@ __all__ = [
     "CovsegError",
     "DataError",
     "ModelConfig",
+    "Segmenter",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    # Lazy: `import covseg` stays light (no torch) until the Segmenter is asked for.
+    if name == "Segmenter":
+        from covseg.segment import Segmenter
+
+        return Segmenter
+    raise AttributeError(f"module 'covseg' has no attribute {name!r}")

@@ -1,0 +1,306 @@
+"""Segmenter: geometry survives, the report adds up, memory does not grow with the scan."""
+
+from __future__ import annotations
+
+import json
+import threading
+import tracemalloc
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+
+from covseg.data.io import Image, read_image
+from covseg.data.preprocess import slices_to_volume, volume_to_slices
+from covseg.data.synthetic import make_phantom
+from covseg.segment import Segmenter, _left_right_counts
+from segment_tiny import fraction, save_tiny_checkpoint
+
+# The README's Python example, run verbatim below.
+README_SNIPPET = """
+import nibabel as nib
+import numpy as np
+from covseg import Segmenter
+from covseg.data.synthetic import make_phantom
+
+# Segmenter.from_pretrained() loads the shipped model; any `covseg train` checkpoint works too.
+seg = Segmenter.from_checkpoint("model.safetensors", device="cpu")
+
+hu, _, _ = make_phantom(seed=0, shape=(64, 64, 8))  # (X, Y, Z) in HU, as nibabel gives it
+affine = np.diag([-0.7, -0.7, 5.0, 1.0])  # voxel -> RAS mm
+result = seg.predict_volume(hu, affine=affine)  # arrays in, arrays out, no disk
+assert result.lungs.shape == hu.shape and result.infection.dtype == np.uint8
+print(result.report["lung_volume_ml"], result.report["infection_percent"])
+
+nib.save(nib.Nifti1Image(hu, affine), "scan.nii.gz")
+files = seg.predict_file("scan.nii.gz", "out").paths  # masks, report.json, overlay.png
+print(sorted(str(p) for p in files.values()))
+"""
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Two shared cores: oneDNN with 2 threads under load is ~100x slower than with 1.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def seg(checkpoint) -> Segmenter:
+    return Segmenter.from_checkpoint(checkpoint, device="cpu", batch_size=4)
+
+
+def _oblique_affine() -> np.ndarray:
+    """Axes permuted (voxel axis 0 runs S->I), flipped, anisotropic, rotated 10 degrees."""
+    c, s = np.cos(np.radians(10)), np.sin(np.radians(10))
+    rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    perm = np.array([[0, 0, -4.0], [0.75, 0, 0], [0, -0.9, 0]]).T  # columns: voxel axes in RAS
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ perm
+    aff[:3, 3] = [12.0, -40.0, 7.5]
+    return aff
+
+
+def _check_report_adds_up(report: dict, lungs: np.ndarray, infection: np.ndarray) -> None:
+    ml = report["voxel_volume_ml"]
+    assert report["lung_voxels"] == int(lungs.sum()) and report["lung_voxels"] > 0
+    assert report["infection_voxels"] == int(infection.sum()) > 0
+    assert report["lung_volume_ml"] == pytest.approx(lungs.sum() * ml)
+    assert report["infection_volume_ml"] == pytest.approx(infection.sum() * ml)
+    assert report["infection_percent"] == pytest.approx(100 * infection.sum() / lungs.sum(), 1e-3)
+    left, right = report["left"], report["right"]
+    assert left["lung_voxels"] + right["lung_voxels"] == report["lung_voxels"]
+    assert left["infection_voxels"] + right["infection_voxels"] == report["infection_voxels"]
+    assert sum(report["infection_area_per_slice"]) == pytest.approx(
+        report["infection_voxels"] * ml * 1000 / report["spacing_mm"][2], rel=1e-3
+    )
+
+
+def test_nifti_keeps_geometry_and_report_adds_up(seg, tmp_path):
+    hu = make_phantom(3, (8, 40, 48))[0].transpose(2, 0, 1).copy()  # put the slices on axis 0
+    aff = _oblique_affine()
+    nib.save(nib.Nifti1Image(hu, aff), str(tmp_path / "ct.nii.gz"))
+    result = seg.predict_file(tmp_path / "ct.nii.gz", tmp_path / "out")
+
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["ct_infection.nii.gz", "ct_lungs.nii.gz", "ct_overlay.png", "ct_report.json"]
+    for key in ("lungs", "infection"):
+        img = nib.load(str(result.paths[key]))
+        assert img.shape == hu.shape and img.get_data_dtype() == np.uint8
+        np.testing.assert_allclose(img.affine, aff, atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(img.dataobj), getattr(result, key))
+    assert set(np.unique(result.lungs)) <= {0, 1}
+    assert not (result.infection & ~result.lungs).any()  # infection lies inside the lungs
+    report = json.loads(result.paths["report"].read_text())
+    assert report["voxel_volume_ml"] == pytest.approx(0.75 * 0.9 * 4.0 / 1000)
+    assert report["spacing_mm"] == pytest.approx([0.9, 0.75, 4.0])  # canonical row, col, slice
+    assert report["shape"] == list(hu.shape) and report["model_id"] == seg.model_id
+    _check_report_adds_up(report, result.lungs, result.infection)
+
+    # Orientation is handled exactly: the canonical slices segmented as a bare (N, H, W) array
+    # give the same masks, put back with slices_to_volume.
+    image = read_image(tmp_path / "ct.nii.gz")
+    bare = seg.predict_volume(volume_to_slices(image))
+    np.testing.assert_array_equal(slices_to_volume(bare.lungs, image), result.lungs)
+    np.testing.assert_array_equal(slices_to_volume(bare.infection, image), result.infection)
+
+
+def test_dicom_series_keeps_geometry(seg, tmp_path):
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    hu = make_phantom(4, (40, 36, 5))[0]  # (X = columns, Y = rows, Z)
+    series = tmp_path / "series"
+    series.mkdir()
+    for k in range(hu.shape[2]):
+        meta = FileMetaDataset()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds = FileDataset(str(series / f"{k}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.Rows, ds.Columns = hu.shape[1], hu.shape[0]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.PixelRepresentation, ds.SamplesPerPixel = 0, 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [-20.0, -30.0, 3.0 * k]
+        ds.PixelSpacing = [0.8, 0.6]
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+        ds.PixelData = (hu[:, :, k].T.astype(np.int32) + 1024).astype(np.uint16).tobytes()
+        ds.save_as(series / f"{k}.dcm", enforce_file_format=True)
+    result = seg.predict_file(series, tmp_path / "out")
+    ref = read_image(series)
+    img = nib.load(str(tmp_path / "out" / "series_lungs.nii.gz"))
+    assert img.shape == ref.array.shape == hu.shape
+    np.testing.assert_allclose(img.affine, ref.affine, atol=1e-5)
+    report = json.loads((tmp_path / "out" / "series_report.json").read_text())
+    assert report["voxel_volume_ml"] == pytest.approx(0.6 * 0.8 * 3.0 / 1000)
+    _check_report_adds_up(report, result.lungs, result.infection)
+
+
+def test_png_in_png_out(seg, tmp_path):
+    hu = make_phantom(5, (48, 44, 1))[0][:, :, 0].T  # (H, W) displayed slice
+    pic = (np.clip((hu + 1250) / 1500, 0, 1) * 255).astype(np.uint8)
+    PILImage.fromarray(pic).save(tmp_path / "slice_7.png")
+    result = seg.predict_file(tmp_path / "slice_7.png", tmp_path / "out")
+    lungs = np.array(PILImage.open(tmp_path / "out" / "slice_7_lungs.png"))
+    inf = np.array(PILImage.open(tmp_path / "out" / "slice_7_infection.png"))
+    assert lungs.shape == inf.shape == pic.shape
+    assert set(np.unique(lungs)) <= {0, 255} and lungs.any()
+    np.testing.assert_array_equal(inf > 0, result.infection.astype(bool))
+    report = result.report
+    assert report["intensity_rule"] == "uint8" and report["area_unit"] == "px"
+    assert report["lung_volume_ml"] is None and report["voxel_volume_ml"] is None
+    assert report["infection_area_per_slice"] == [report["infection_voxels"]]
+    assert (tmp_path / "out" / "slice_7_overlay.png").stat().st_size > 0
+
+
+def test_array_api_layouts(seg):
+    slices = make_phantom(6, (40, 40, 6))[0].transpose(2, 1, 0)  # (N, H, W) canonical
+    r3 = seg.predict_volume(slices, spacing=(2.5, 0.5, 0.6))
+    assert r3.lungs.shape == slices.shape and r3.report["spacing_mm"] == [0.5, 0.6, 2.5]
+    assert r3.report["voxel_volume_ml"] == pytest.approx(0.5 * 0.6 * 2.5 / 1000)
+    r2 = seg.predict_volume(slices[3], spacing=(0.5, 0.6))
+    np.testing.assert_array_equal(r2.lungs, r3.lungs[3])
+    assert r2.report["area_unit"] == "mm2" and r2.report["lung_volume_ml"] is None
+    assert seg.predict_volume(slices).report["area_unit"] == "px"
+    from covseg.errors import DataError
+
+    with pytest.raises(DataError, match="NaN"):
+        seg.predict_volume(np.full((2, 8, 8), np.nan), spacing=(1, 1, 1))
+    with pytest.raises(DataError, match="spacing"):
+        seg.predict_volume(slices, spacing=(1, 1))
+
+
+def test_left_right_split_follows_the_patient_axis():
+    lungs = np.zeros((2, 10, 20), np.uint8)
+    lungs[:, 2:8, 2:8] = 1  # low columns: patient right
+    lungs[:, 2:8, 11:19] = 1  # high columns: patient left (bigger)
+    lungs[1, 4, 8:11] = 1  # the lungs touch on one slice
+    inf = np.zeros_like(lungs)
+    inf[0, 3:5, 12:14] = 1
+    counts = _left_right_counts(lungs, inf)
+    assert counts["left"][1] == 4 and counts["right"][1] == 0
+    assert counts["left"][0] + counts["right"][0] == lungs.sum()
+    assert counts["left"][0] >= 2 * 48 and counts["right"][0] >= 2 * 36
+
+
+def test_tta_is_left_right_symmetric(checkpoint):
+    seg = Segmenter.from_checkpoint(checkpoint, device="cpu", tta=True)
+    half = make_phantom(7, (20, 40, 3))[0].transpose(2, 1, 0)
+    sym = np.concatenate([half, half[:, :, ::-1]], axis=2)  # mirror-symmetric columns
+    r = seg.predict_volume(sym)
+    mism = np.count_nonzero(r.lungs != r.lungs[:, :, ::-1])
+    assert r.report["tta"] and fraction(r.lungs) > 0 and mism <= 0.001 * r.lungs.size
+
+
+def test_no_lung_found(tmp_path):
+    ckpt = save_tiny_checkpoint(tmp_path / "nolung.safetensors", lung_shift=-50.0)
+    seg = Segmenter.from_checkpoint(ckpt, device="cpu")
+    r = seg.predict_volume(make_phantom(0, (32, 32, 3))[0], affine=np.eye(4))
+    assert r.report["lung_found"] is False and r.report["infection_percent"] is None
+    assert r.report["left"]["infection_percent"] is None and not r.infection.any()
+
+
+def test_memory_does_not_grow_with_the_scan(seg):
+    def peak(n: int) -> int:
+        vol = np.random.default_rng(0).integers(-1000, 300, (n, 64, 64)).astype(np.int16)
+        tracemalloc.start()
+        try:
+            seg.predict_volume(vol)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak(40), peak(400)
+    per_slice = (large - small) / 360
+    # The two uint8 masks cost 2 bytes per pixel; one more float32 array per slice would be 4.
+    assert per_slice < 3.5 * 64 * 64, per_slice
+
+
+def test_concurrent_cases_into_one_folder(checkpoint, tmp_path):
+    hu = make_phantom(8, (32, 32, 4))[0]
+    nib.save(nib.Nifti1Image(hu, np.diag([0.7, 0.7, 3, 1])), str(tmp_path / "a.nii.gz"))
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            s = Segmenter.from_checkpoint(checkpoint, device="cpu")
+            for _ in range(3):
+                s.predict_file(tmp_path / "a.nii.gz", tmp_path / "out")
+        except BaseException as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["a_infection.nii.gz", "a_lungs.nii.gz", "a_overlay.png", "a_report.json"]
+    assert nib.load(str(tmp_path / "out" / "a_lungs.nii.gz")).shape == hu.shape
+    json.loads((tmp_path / "out" / "a_report.json").read_text())
+
+
+def test_readme_snippet(tmp_path, monkeypatch, capsys):
+    save_tiny_checkpoint(tmp_path / "model.safetensors")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(README_SNIPPET, "README.md", "exec"), {})
+    assert "scan_report.json" in capsys.readouterr().out
+    assert (tmp_path / "out" / "scan_lungs.nii.gz").exists()
+
+
+@pytest.mark.realdata
+def test_pretrained_segments_a_real_slice(shared_data):
+    from covseg.checkpoint import pretrained_path
+    from covseg.errors import CheckpointError
+    from covseg.metrics import confusion, dice
+
+    try:
+        pretrained_path()
+    except CheckpointError:
+        pytest.skip("no pretrained model shipped yet (covseg/pretrained/model.safetensors)")
+    masks = sorted((shared_data / "medseg100-train" / "masks").glob("*.png"))
+    areas = [np.count_nonzero(np.array(PILImage.open(m))) for m in masks]
+    mask_path = masks[int(np.argmax(areas))]  # the slice with the most infection
+    image = read_image(shared_data / "medseg100-train" / "images" / mask_path.name)
+    truth = np.array(PILImage.open(mask_path)) > 0
+    result = Segmenter.from_pretrained(device="cpu").predict_image(image)
+    assert isinstance(image, Image) and result.infection.shape == truth.shape
+    score = float(dice(*confusion(result.infection.astype(bool), truth)))
+    assert score > 0.8, f"{mask_path.name}: Dice {score:.3f}"
+
+
+def test_outputs_get_the_usual_file_mode(seg, tmp_path):
+    import os
+    import stat
+
+    nib.save(
+        nib.Nifti1Image(make_phantom(0, (24, 24, 2))[0], np.eye(4)), str(tmp_path / "m.nii.gz")
+    )
+    old = os.umask(0o022)
+    try:
+        paths = seg.predict_file(tmp_path / "m.nii.gz", tmp_path / "out").paths
+    finally:
+        os.umask(old)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in paths.values()} == {0o644}
+
+
+def test_a_model_without_lung_head_is_refused():
+    from covseg.errors import CheckpointError
+    from covseg.models import build_model
+    from segment_tiny import TINY
+
+    with pytest.raises(CheckpointError, match="lung head"):
+        Segmenter(build_model(TINY.replace(model="unet")), {}, device="cpu")
