@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -76,20 +77,75 @@ def _sha256(path: Path) -> str:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
-
-
-def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write_tensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> Path:
+    """Write ``tensors`` completely to a temporary file next to ``path``; return its name (the
+    caller renames it into place). A failed write leaves no temporary file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata
+        )
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def _commit(
+    weights: Path,
+    side: Path,
+    tensors: dict[str, torch.Tensor],
+    record: dict,
+    metadata: dict[str, str] | None = None,
+) -> str:
+    """Replace a tensors + JSON pair so that a kill at any point leaves a loadable pair.
+
+    The new tensors are written to a temporary file first. Before they are renamed into place,
+    the old JSON is rewritten to accept the new hash as well (``sha256_next``): between the two
+    renames the JSON accepts the file on disk whichever it is. The final JSON names one hash.
+    """
+    tmp = _write_tensors(weights, tensors, metadata)
+    sha = _sha256(tmp)
+    try:
+        old = _read_json(side)
+        if old is not None and weights.exists():
+            _write_json(side, {**old, "sha256_next": sha})
+        os.replace(tmp, weights)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _write_json(side, {**record, "sha256": sha})
+    return sha
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _verify(weights: Path, meta: dict, what: str) -> None:
+    if not weights.exists():
+        raise CheckpointError(f"{weights}: missing")
+    accepted = {meta.get("sha256"), meta.get("sha256_next")} - {None}
+    if _sha256(weights) not in accepted:
+        raise CheckpointError(
+            f"{weights}: {what} do not match the recorded sha256 — file modified or corrupt"
+        )
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
@@ -115,7 +171,6 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
     weights, side = _paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)
-    _write_tensors(weights, model.state_dict())
     record = {
         "threshold": 0.5,
         "min_component": 0,
@@ -124,9 +179,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
         "requires_covseg": REQUIRES_COVSEG,
         "covseg_version": __version__,
         "weights": weights.name,
-        "sha256": _sha256(weights),
     }
-    _write_json(side, record)
+    record.pop("sha256_next", None)
+    _commit(weights, side, model.state_dict(), record)
     return weights
 
 
@@ -140,7 +195,9 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     try:
         meta = json.loads(side.read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"{side}: missing (a checkpoint is a .safetensors + .json pair)") from None
+        raise CheckpointError(
+            f"{side}: missing (a checkpoint is a .safetensors + .json pair)"
+        ) from None
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{side}: unreadable checkpoint metadata ({err})") from None
     fmt = meta.get("format") if isinstance(meta, dict) else None
@@ -184,12 +241,7 @@ def load_checkpoint(
     weights, side = _paths(path)
     meta = read_meta(side)
     weights = side.parent / meta.get("weights", weights.name)
-    if not weights.exists():
-        raise CheckpointError(f"{weights}: missing (named by {side.name})")
-    if _sha256(weights) != meta.get("sha256"):
-        raise CheckpointError(
-            f"{weights}: weights do not match the recorded sha256 — file modified or corrupt"
-        )
+    _verify(weights, meta, "weights")
     try:
         cfg = from_dict(ModelConfig, meta["model_config"])
     except (KeyError, TypeError, ValueError) as err:
@@ -235,8 +287,9 @@ def save_train_state(path: str | Path, state: dict[str, Any]) -> None:
     weights, side = _paths(path)
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state, "s", tensors)
-    _write_tensors(weights, tensors)
-    _write_json(side, {"format": FORMAT, "state": skeleton, "sha256": _sha256(weights)})
+    # The non-tensor part travels inside the tensors file (its safetensors header), so tensors
+    # and counters are one atomic unit; the JSON only records the format and the hash.
+    _commit(weights, side, tensors, {"format": FORMAT}, {"state": json.dumps(skeleton)})
 
 
 def load_train_state(path: str | Path) -> dict[str, Any]:
@@ -247,8 +300,8 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
     """
     weights, side = _paths(path)
     meta = read_meta(side)
-    if not weights.exists() or _sha256(weights) != meta.get("sha256"):
-        raise CheckpointError(
-            f"{weights}: training state does not match the recorded sha256 — file modified or corrupt"
-        )
-    return _unflatten(meta["state"], load_file(str(weights)))
+    _verify(weights, meta, "training state tensors")
+    with safe_open(str(weights), framework="pt") as f:
+        skeleton = json.loads((f.metadata() or {})["state"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
+    return _unflatten(skeleton, tensors)

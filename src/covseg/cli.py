@@ -155,9 +155,19 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dice-loss", type=float, default=0.0, help="extra soft-Dice weight")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--pseudo-weight", type=float, default=0.5)
+    p.add_argument(
+        "--extra-per-epoch",
+        type=int,
+        default=0,
+        help="slices drawn from --extra-data per epoch (0 = all)",
+    )
     p.add_argument("--extra-data", help="prepared pseudo-labelled data, training only")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all cores)")
+    p.add_argument(
+        "--workers", type=int, default=-1, help="DataLoader workers (-1 = sized to the machine)"
+    )
 
 
 def _configs(args: argparse.Namespace):
@@ -179,9 +189,12 @@ def _configs(args: argparse.Namespace):
         dice=args.dice_loss,
         augment=not args.no_augment,
         pseudo_weight=args.pseudo_weight,
+        extra_per_epoch=args.extra_per_epoch,
         w_aux=0.0 if args.no_deep_supervision else 1.0,
         device=args.device,
         seed=args.seed,
+        threads=args.threads,
+        workers=args.workers,
     )
     return model_cfg, train_cfg
 

@@ -146,6 +146,9 @@ class TrainConfig:
         val_fraction: share of the training fold held out for validation (paper 12 %).
         val_by: ``"slices"`` (the paper) or ``"patients"``.
         pseudo_weight: loss weight of slices from ``--extra-data`` (noisy pseudo labels).
+        extra_per_epoch: slices drawn (seeded, without replacement) from ``--extra-data`` for
+            each epoch; 0 = all of them. Keeps the expert slices from being drowned out and the
+            epoch length (validation, checkpoints) independent of the extra set's size.
         threshold_search: choose the probability threshold and the minimum component size on the
             validation slices after training (else 0.5 and 0).
         min_component_candidates: component sizes (pixels at the model's input size) tried by the
@@ -159,6 +162,8 @@ class TrainConfig:
         amp: mixed precision on CUDA (bf16 where supported, else fp16); ignored on CPU.
         workers: DataLoader worker processes; ``-1`` sizes them to the machine (0 on CPU, where
             slices are already in memory and workers only add start-up time).
+        threads: torch CPU threads; 0 = all cores (divided among the processes of a torchrun
+            job). Lower it when several trainings share one machine.
     """
 
     epochs: int = 100
@@ -177,6 +182,7 @@ class TrainConfig:
     val_fraction: float = 0.12
     val_by: Literal["slices", "patients"] = "slices"
     pseudo_weight: float = 0.5
+    extra_per_epoch: int = 0
     threshold_search: bool = True
     min_component_candidates: tuple[int, ...] = (0, 10, 20, 40)
     fold: int | None = None
@@ -187,6 +193,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
     workers: int = -1
+    threads: int = 0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:

@@ -3,7 +3,7 @@
 ``DIR/splits.json`` holds the patient folds (the same for every repeat); ``DIR/fold{k}_rep{r}/``
 is one run: training (seed ``base + r``), then its test fold evaluated with the run's own
 threshold into ``test_metrics.json``. A run with a ``test_metrics.json`` is skipped, one with a
-``last.json`` is resumed, so ``covseg cv`` can be rerun after a crash.
+``last_state.json`` is resumed, so ``covseg cv`` can be rerun after a crash.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def run_cv(
                 continue
             cfg = train_cfg.replace(fold=k, folds=folds, repeat=r, seed=train_cfg.seed + r)
             log.info("cross-validation run fold %d/%d, repeat %d/%d", k + 1, folds, r + 1, repeats)
-            resume = (rd / "last.json").exists() and (rd / "last_state.json").exists()
+            resume = (rd / "last_state.json").exists()
             train(model_cfg, cfg, data_root, rd, extra_data=extra_data, resume=resume)
             evaluate_test_fold(rd, data, device=cfg.device)
     return runs

@@ -73,9 +73,7 @@ def original_infection(case: Case) -> tuple[np.ndarray, tuple[float, float, floa
     return np.concatenate(slices).astype(bool), spacing
 
 
-def _open_data(
-    data: Path, meta: dict, tmp: Path
-) -> tuple[PreparedDataset, dict[str, Case]]:
+def _open_data(data: Path, meta: dict, tmp: Path) -> tuple[PreparedDataset, dict[str, Case]]:
     """The prepared dataset and, where the source files exist, its cases by id."""
     pre = meta.get("preprocessing", {})
     if (data / "manifest.json").exists():
@@ -102,7 +100,9 @@ def _open_data(
         data,
         tmp / "prepared",
         size=int(pre.get("size", 256)),
-        intensity=pre.get("intensity", "auto") if pre.get("intensity") in ("hu", "uint8") else "auto",
+        intensity=pre.get("intensity", "auto")
+        if pre.get("intensity") in ("hu", "uint8")
+        else "auto",
     )
     prepared = PreparedDataset(out)
     _, cases = discover(data, prepared.manifest.get("layout", "auto"))

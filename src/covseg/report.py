@@ -66,7 +66,9 @@ def _run_scores(run: dict, mode: str) -> dict[str, float]:
 def _table(runs: dict[int, dict[int, dict]], mode: str) -> dict[str, Any]:
     folds = sorted(runs)
     keys = [k for k, _ in ROWS]
-    surface = mode == "per_slice_mean" and any(r.get("surface") for f in runs.values() for r in f.values())
+    surface = mode == "per_slice_mean" and any(
+        r.get("surface") for f in runs.values() for r in f.values()
+    )
     if surface:
         keys += [k for k, _ in SURFACE]
     per_fold: dict[str, list[float]] = {k: [] for k in keys}
@@ -74,7 +76,9 @@ def _table(runs: dict[int, dict[int, dict]], mode: str) -> dict[str, Any]:
         scores = [_run_scores(runs[f][r], mode) for r in sorted(runs[f])]
         for k in keys:
             vals = [s.get(k, math.nan) for s in scores]
-            per_fold[k].append(float(np.nanmean(vals)) if not all(math.isnan(v) for v in vals) else math.nan)
+            per_fold[k].append(
+                float(np.nanmean(vals)) if not all(math.isnan(v) for v in vals) else math.nan
+            )
     rows = {}
     for k in keys:
         v = np.array(per_fold[k], dtype=float)
@@ -84,7 +88,11 @@ def _table(runs: dict[int, dict[int, dict]], mode: str) -> dict[str, Any]:
             "mean": float(ok.mean()) if ok.size else math.nan,
             "std": float(ok.std()) if ok.size else math.nan,
         }
-    return {"folds": [f + 1 for f in folds], "repeats": {f + 1: len(runs[f]) for f in folds}, "rows": rows}
+    return {
+        "folds": [f + 1 for f in folds],
+        "repeats": {f + 1: len(runs[f]) for f in folds},
+        "rows": rows,
+    }
 
 
 def format_markdown(table: dict[str, Any], title: str) -> str:
@@ -119,7 +127,12 @@ def make_report(cv_dir: str | Path, panels: bool = True) -> dict[str, Any]:
     """
     root = Path(cv_dir)
     runs = _runs(root)
-    volume = any(k == "volume" for f in runs.values() for r in f.values() for k in r.get("kinds", {}).values())
+    volume = any(
+        k == "volume"
+        for f in runs.values()
+        for r in f.values()
+        for k in r.get("kinds", {}).values()
+    )
     modes = MODES if volume else ("per_slice_mean", "pooled")
     titles = {
         "per_slice_mean": "Per-slice mean (the paper's aggregation)",

@@ -32,6 +32,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 from covseg.checkpoint import (
     load_checkpoint,
     load_train_state,
+    read_meta,
     save_checkpoint,
     save_train_state,
     update_meta,
@@ -168,10 +169,14 @@ def train(
     if group.on and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", group.rank)))
         torch.cuda.set_device(device)
-    n_threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    n_threads = train_cfg.threads or max(
+        1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    )
     try:
         with _threads(n_threads):
-            return _train(model_cfg, train_cfg, Path(data_root), out, extra_data, resume, device, group)
+            return _train(
+                model_cfg, train_cfg, Path(data_root), out, extra_data, resume, device, group
+            )
     finally:
         group.close()
 
@@ -226,7 +231,7 @@ def _train(
     state = {"epoch": 0, "best_dice": -math.inf, "bad_epochs": 0}
     rows: list[dict[str, Any]] = []
     if resume:
-        state, rows = _restore(out, model, opt, sched, device)
+        state, rows = _restore(out, model, opt, sched)
     net: nn.Module = model
     if group.on:
         net = nn.parallel.DistributedDataParallel(
@@ -265,7 +270,11 @@ def _train(
             _write_log(out / "log.csv", rows)
         bar.set_postfix(loss=f"{losses['loss']:.4f}", val_dice=f"{val_dice:.4f}")
         if cfg.patience and state["bad_epochs"] >= cfg.patience:
-            log.info("early stop at epoch %d: no better validation Dice in %d epochs", epoch + 1, cfg.patience)
+            log.info(
+                "early stop at epoch %d: no better validation Dice in %d epochs",
+                epoch + 1,
+                cfg.patience,
+            )
             break
     bar.close()
     group.barrier()
@@ -282,12 +291,16 @@ def _train(
 def _progress(it: range, start: int, total: int, disable: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(it, initial=start, total=total, desc="epochs", unit="ep", file=sys.stderr, disable=disable)
+    return tqdm(
+        it, initial=start, total=total, desc="epochs", unit="ep", file=sys.stderr, disable=disable
+    )
 
 
 def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
     if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr * 0.01)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=cfg.epochs, eta_min=cfg.lr * 0.01
+        )
     if cfg.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, mode="max", factor=0.5, patience=cfg.plateau_patience
@@ -329,7 +342,11 @@ def _loader(
     aug = make_augment(AugmentConfig() if cfg.augment else None, seed=seed)
     parts: list[Dataset] = [_Weighted(SliceDataset(data, items, aug), 1.0)]
     if extra is not None:
-        ex = SliceDataset(extra, extra.items(extra.case_ids), aug)
+        ex_items = extra.items(extra.case_ids)
+        if 0 < cfg.extra_per_epoch < len(ex_items):
+            pick = np.random.default_rng(seed).choice(len(ex_items), cfg.extra_per_epoch, False)
+            ex_items = [ex_items[i] for i in sorted(pick)]
+        ex = SliceDataset(extra, ex_items, aug)
         parts.append(_Weighted(ex, cfg.pseudo_weight))
     ds = ConcatDataset(parts)
     if group.on:
@@ -391,7 +408,9 @@ def _train_epoch(
         lung = batch["lung"].to(device, non_blocking=True)
         inf = batch["infection"].to(device, non_blocking=True)
         w = batch["weight"].to(device)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with torch.autocast(
+            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        ):
             out = net(x)
         out = SegOutput(*[t.float() if t is not None else None for t in out])
         terms = _weighted_loss(loss_fn, out, lung, inf, w)
@@ -405,7 +424,11 @@ def _train_epoch(
         b = len(x)
         n += b
         sums["loss"] += float(terms.total.detach()) * b
-        for key, v in (("loss_lung", terms.lung), ("loss_aux", terms.infection_aux), ("loss_final", terms.infection)):
+        for key, v in (
+            ("loss_lung", terms.lung),
+            ("loss_aux", terms.infection_aux),
+            ("loss_final", terms.infection),
+        ):
             sums[key] += float(v.detach()) * b if v is not None else math.nan
     return {k: v / max(n, 1) for k, v in sums.items()}
 
@@ -438,13 +461,12 @@ def _choose_postprocessing(
     probs = predict_slices(model, images, batch_size=cfg.batch_size, device=device)
     thr, dice_thr = choose_threshold(probs, truth)
     min_size, dice_pp = choose_min_component(probs, truth, thr, cfg.min_component_candidates)
-    meta = update_meta(
-        out / "best.json",
-        threshold=thr,
-        min_component=min_size,
-    )
-    meta["metrics"].update({"val_dice_at_threshold": dice_thr, "val_dice_postprocessed": dice_pp})
-    update_meta(out / "best.json", metrics=meta["metrics"])
+    metrics = {
+        **read_meta(out / "best.json").get("metrics", {}),
+        "val_dice_at_threshold": dice_thr,
+        "val_dice_postprocessed": dice_pp,
+    }
+    update_meta(out / "best.json", threshold=thr, min_component=min_size, metrics=metrics)
     log.info(
         "%s: threshold %.2f (val Dice %.4f), min component %d px (val Dice %.4f)",
         out / "best.json",
@@ -468,10 +490,15 @@ def _rng_state() -> dict[str, torch.Tensor]:
 def _save_last(
     out: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, state: dict, meta: dict
 ) -> None:
-    # State first, weights second: last.json (written last) is the commit point of the epoch.
+    """``last_state.*`` (model, optimizer, scheduler, counters, RNG) then ``last.*``.
+
+    Resuming reads ``last_state`` alone, which is self-consistent (one atomic commit), so a kill
+    between the two saves loses nothing; ``last.*`` is the inference checkpoint of the epoch.
+    """
     save_train_state(
         out / "last_state",
         {
+            "model": model.state_dict(),
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict() if sched is not None else {},
             "counters": dict(state),
@@ -482,23 +509,21 @@ def _save_last(
 
 
 def _restore(
-    out: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, device: torch.device
+    out: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any
 ) -> tuple[dict, list[dict]]:
-    if not (out / "last.json").exists():
-        raise DataError(f"{out}: --resume but no last.json from an earlier run")
-    saved, meta = load_checkpoint(out / "last.safetensors")
-    model.load_state_dict(saved.state_dict())
+    if not (out / "last_state.json").exists():
+        raise DataError(f"{out}: --resume but no last_state.json from an earlier run")
     s = load_train_state(out / "last_state")
-    if int(s["counters"]["epoch"]) != int(meta.get("epoch", -1)):
-        raise DataError(f"{out}: last_state and last checkpoint are from different epochs")
+    model.load_state_dict(s["model"])
     opt_state = s["optimizer"]
     opt_state["state"] = {int(k): v for k, v in opt_state["state"].items()}
     opt.load_state_dict(opt_state)
     if sched is not None and s["scheduler"]:
         sched.load_state_dict(s["scheduler"])
     torch.set_rng_state(s["rng"]["torch"])
-    rows = [r for r in _read_log(out / "log.csv") if r["epoch"] <= s["counters"]["epoch"]]
-    log.info("%s: resuming after epoch %d", out, s["counters"]["epoch"])
+    epoch = int(s["counters"]["epoch"])
+    rows = [r for r in _read_log(out / "log.csv") if r["epoch"] <= epoch]
+    log.info("%s: resuming after epoch %d", out, epoch)
     return dict(s["counters"]), rows
 
 

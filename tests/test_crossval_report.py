@@ -1,0 +1,104 @@
+"""Report numbers equal a hand aggregation of fold JSONs; cv runs, skips and reruns."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from _train_helpers import FAST, TINY, prepared_phantoms
+from covseg.cli import main
+from covseg.crossval import run_cv
+from covseg.errors import DataError
+from covseg.report import make_report
+
+
+def _write_run(root, fold, rep, counts, cases, surface=None):
+    d = root / f"fold{fold}_rep{rep}"
+    d.mkdir(parents=True)
+    kinds = dict.fromkeys(cases, "volume" if surface else "slice")
+    payload = {
+        "fold": fold,
+        "repeat": rep,
+        "threshold": 0.5,
+        "min_component": 0,
+        "cases": cases,
+        "counts": counts,
+        "kinds": kinds,
+        "surface": surface or {},
+    }
+    (d / "test_metrics.json").write_text(json.dumps(payload))
+
+
+def test_report_equals_hand_aggregation(tmp_path):
+    # fold 0: two repeats; slice dice by hand: rep0 -> [2*8/(16+2+0)=0.8889, 1.0 (both empty)],
+    # rep1 -> [2*5/(10+5+0)=0.6667, 0.0 (false positive on an empty slice)]
+    _write_run(tmp_path, 0, 0, [[8, 2, 0, 90], [0, 0, 0, 100]], ["a", "a"])
+    _write_run(tmp_path, 0, 1, [[5, 5, 0, 90], [0, 4, 0, 96]], ["a", "b"])
+    # fold 1: one repeat, one slice: dice 2*3/(6+1+2)=0.6667
+    _write_run(tmp_path, 1, 0, [[3, 1, 2, 94]], ["c"])
+    out = make_report(tmp_path, panels=False)
+    row = out["tables"]["per_slice_mean"]["rows"]["dice"]
+    f0 = np.mean([np.mean([16 / 18, 1.0]), np.mean([10 / 15, 0.0])])
+    f1 = 6 / 9
+    assert row["folds"] == pytest.approx([f0, f1])
+    assert row["mean"] == pytest.approx((f0 + f1) / 2)
+    assert row["std"] == pytest.approx(np.std([f0, f1]))
+    # pooled: fold 0 rep0 sums (8,2,0,190) -> IoU 8/10; rep1 (5,9,0,186) -> 5/14
+    iou = out["tables"]["pooled"]["rows"]["iou"]["folds"]
+    assert iou == pytest.approx([np.mean([8 / 10, 5 / 14]), 3 / 6])
+    md = (tmp_path / "report.md").read_text()
+    assert "| Dice |" in md and "Fold 1" in md and "Fold 2" in md and "Average ± std" in md
+    assert "per_volume_mean" not in out["tables"]  # slice data: no volume mode
+    csv_text = (tmp_path / "report.csv").read_text().splitlines()
+    assert csv_text[0] == "mode,metric,fold1,fold2,mean,std"
+    assert json.loads((tmp_path / "report.json").read_text())["tables"]["pooled"]
+
+
+def test_report_volume_modes_and_surface(tmp_path):
+    _write_run(
+        tmp_path,
+        0,
+        0,
+        [[8, 2, 0, 90], [0, 0, 2, 98]],
+        ["v1", "v1"],
+        {"v1": {"hd95_mm": 4.0, "nsd_3mm": 0.5}},
+    )
+    _write_run(
+        tmp_path, 1, 0, [[4, 0, 0, 96]], ["v2"], {"v2": {"hd95_mm": float("nan"), "nsd_3mm": 0.0}}
+    )
+    out = make_report(tmp_path, panels=False)
+    vol = out["tables"]["per_volume_mean"]["rows"]["dice"]["folds"]
+    assert vol == pytest.approx([16 / 20, 1.0])  # v1 summed: tp 8, fp 2, fn 2
+    hd = out["tables"]["per_slice_mean"]["rows"]["hd95_mm"]
+    assert hd["folds"][0] == 4.0 and np.isnan(hd["folds"][1]) and hd["mean"] == 4.0
+    assert "HD95 (mm)" in out["markdown"] and "NSD@3mm" in out["markdown"]
+
+
+def test_report_of_an_empty_folder_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(DataError, match="no fold"):
+        make_report(tmp_path)
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no fold*_rep*" in capsys.readouterr().err
+
+
+def test_cv_runs_every_fold_then_skips_finished_runs(tmp_path, caplog):
+    data = prepared_phantoms(tmp_path, cases=4, slices=3, size=32)
+    cv = tmp_path / "cv"
+    runs = run_cv(data, cv, TINY, FAST.replace(epochs=1), folds=2, repeats=1)
+    assert [r.name for r in runs] == ["fold0_rep0", "fold1_rep0"]
+    splits = json.loads((cv / "splits.json").read_text())["folds"]
+    for k, r in enumerate(runs):
+        m = json.loads((r / "test_metrics.json").read_text())
+        assert sorted(set(m["cases"])) == splits[k]["test"]  # each run tests its own fold
+        assert len(m["counts"]) == 3 * len(splits[k]["test"])
+        assert set(m["surface"]) == set(splits[k]["test"])  # volume data: surface metrics
+    mtime = (runs[0] / "best.safetensors").stat().st_mtime_ns
+    caplog.set_level("INFO")
+    run_cv(data, cv, TINY, FAST.replace(epochs=1), folds=2, repeats=1, fold=0, repeat=0)
+    assert (runs[0] / "best.safetensors").stat().st_mtime_ns == mtime
+    assert "finished, skipping" in caplog.text
+    out = make_report(cv)
+    assert set(out["tables"]) == {"per_slice_mean", "per_volume_mean", "pooled"}
+    assert (cv / "panels.png").stat().st_size > 1000

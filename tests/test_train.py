@@ -1,0 +1,107 @@
+"""Training: learning happens, resume is exact, the threshold search picks the best threshold."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from _train_helpers import FAST, TINY, prepared_phantoms
+from covseg.checkpoint import load_checkpoint
+from covseg.crossval import evaluate_test_fold
+from covseg.data.dataset import PreparedDataset
+from covseg.errors import DataError
+from covseg.threshold import choose_min_component, choose_threshold, remove_small_components
+from covseg.train import LOG_COLUMNS, train
+
+
+def test_choose_threshold_on_a_constructed_case():
+    truth = np.zeros((3, 16, 16), bool)
+    truth[:, 4:10, 4:10] = True
+    probs = np.where(truth, 0.32, 0.22).astype(np.float32)
+    probs[2, 0, 0] = 0.27  # one background pixel above 0.25: only 0.30 is perfect everywhere
+    thr, d = choose_threshold(probs, truth)
+    assert thr == pytest.approx(0.3) and d == pytest.approx(1.0)
+    # the default 0.5 finds nothing here
+    assert choose_threshold(probs, truth, candidates=[0.5])[1] == pytest.approx(0.0)
+
+
+def test_min_component_removes_specks_and_keeps_lesions():
+    truth = np.zeros((2, 32, 32), bool)
+    truth[:, 5:15, 5:15] = True
+    probs = truth.astype(np.float32)
+    probs[:, 25:27, 25:27] = 0.9  # 4-pixel false-positive speck
+    assert remove_small_components(probs >= 0.5, 10)[:, 25, 25].sum() == 0
+    size, d = choose_min_component(probs, truth, 0.5, (0, 10, 20, 40))
+    assert size == 10 and d == pytest.approx(
+        1.0
+    )  # 40 would still keep the 100-px lesion; 10 ties first
+
+
+def _weights(path):
+    return load_file(str(path))
+
+
+def test_resume_continues_exactly(tmp_path):
+    data = prepared_phantoms(tmp_path, cases=3, slices=4, size=32)
+    cfg = FAST.replace(epochs=4, schedule="plateau", augment=True, batch_size=4)
+    train(TINY, cfg, data, tmp_path / "straight")
+    train(TINY, cfg.replace(epochs=2), data, tmp_path / "resumed")
+    train(TINY, cfg, data, tmp_path / "resumed", resume=True)
+    a, b = (
+        _weights(tmp_path / "straight/last.safetensors"),
+        _weights(tmp_path / "resumed/last.safetensors"),
+    )
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    with open(tmp_path / "resumed/log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4] and tuple(rows[0]) == LOG_COLUMNS
+
+
+def test_resume_without_a_run_is_an_error(tmp_path):
+    data = prepared_phantoms(tmp_path, cases=2, slices=2, size=32)
+    with pytest.raises(DataError, match=r"no last_state\.json"):
+        train(TINY, FAST, data, tmp_path / "run", resume=True)
+
+
+@pytest.mark.slow
+def test_short_training_learns_the_phantoms(tmp_path):
+    data = prepared_phantoms(tmp_path, cases=6, slices=8, size=64)
+    cfg = FAST.replace(epochs=20, batch_size=4, lr=5e-3, fold=0, folds=3)
+    run = train(TINY, cfg, data, tmp_path / "run")
+    for name in (
+        "best.safetensors",
+        "best.json",
+        "last.json",
+        "last_state.json",
+        "log.csv",
+        "curves.png",
+    ):
+        assert (run / name).exists(), name
+    meta = json.loads((run / "best.json").read_text())
+    assert 0.05 <= meta["threshold"] <= 0.95 and meta["min_component"] in (0, 10, 20, 40)
+    assert meta["preprocessing"]["size"] == 64 and meta["data"]["test_cases"]
+    # validation slices (the paper's protocol), at the chosen threshold
+    assert meta["metrics"]["val_dice_at_threshold"] > 0.8, meta["metrics"]
+    # the held-out test patients, with the run's own threshold: learned, if less well
+    result = evaluate_test_fold(run, PreparedDataset(data), device="cpu")
+    assert result["per_slice_mean"]["dice"] > 0.2, result["per_slice_mean"]
+    model, _ = load_checkpoint(run / "best.safetensors")
+    assert not model.training
+
+
+def test_extra_data_is_training_only_and_weighted(tmp_path):
+    data = prepared_phantoms(tmp_path / "a", cases=2, slices=3, size=32)
+    extra = prepared_phantoms(tmp_path / "b", cases=1, slices=3, size=32)
+    run = train(
+        TINY, FAST.replace(epochs=1, pseudo_weight=0.5), data, tmp_path / "run", extra_data=extra
+    )
+    meta = json.loads((run / "best.json").read_text())
+    ids = set(meta["data"]["train_cases"]) | set(meta["data"]["test_cases"])
+    assert ids == set(PreparedDataset(data).case_ids)  # the extra cases never enter val/test
