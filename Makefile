@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.covseg-installed
 DEMO_OUT ?= demo_out
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench pretrained clean
 
 install: $(STAMP)
 
@@ -33,6 +33,10 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --json benchmarks/results.json
+
+# The shipped model and its cross-validation (needs ../shared/data; see MODEL_CARD.md).
+pretrained: $(STAMP)
+	bash experiments/train_pretrained.sh
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
