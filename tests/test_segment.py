@@ -19,26 +19,12 @@ from covseg.data.synthetic import make_phantom
 from covseg.segment import Segmenter, _left_right_counts
 from segment_tiny import fraction, save_tiny_checkpoint
 
-# The README's Python example, run verbatim below.
-README_SNIPPET = """
-import nibabel as nib
-import numpy as np
-from covseg import Segmenter
-from covseg.data.synthetic import make_phantom
 
-# Segmenter.from_pretrained() loads the shipped model; any `covseg train` checkpoint works too.
-seg = Segmenter.from_checkpoint("model.safetensors", device="cpu")
-
-hu, _, _ = make_phantom(seed=0, shape=(64, 64, 8))  # (X, Y, Z) in HU, as nibabel gives it
-affine = np.diag([-0.7, -0.7, 5.0, 1.0])  # voxel -> RAS mm
-result = seg.predict_volume(hu, affine=affine)  # arrays in, arrays out, no disk
-assert result.lungs.shape == hu.shape and result.infection.dtype == np.uint8
-print(result.report["lung_volume_ml"], result.report["infection_percent"])
-
-nib.save(nib.Nifti1Image(hu, affine), "scan.nii.gz")
-files = seg.predict_file("scan.nii.gz", "out").paths  # masks, report.json, overlay.png
-print(sorted(str(p) for p in files.values()))
-"""
+def _readme_snippet() -> str:
+    """The first ``python`` block of the README's "Python API" section, run verbatim below."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Python API", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
 @pytest.fixture(autouse=True)
@@ -256,7 +242,7 @@ def test_concurrent_cases_into_one_folder(checkpoint, tmp_path):
 def test_readme_snippet(tmp_path, monkeypatch, capsys):
     save_tiny_checkpoint(tmp_path / "model.safetensors")
     monkeypatch.chdir(tmp_path)
-    exec(compile(README_SNIPPET, "README.md", "exec"), {})
+    exec(compile(_readme_snippet(), "README.md", "exec"), {})
     assert "scan_report.json" in capsys.readouterr().out
     assert (tmp_path / "out" / "scan_lungs.nii.gz").exists()
 

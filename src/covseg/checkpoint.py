@@ -110,23 +110,28 @@ def _commit(
     record: dict,
     metadata: dict[str, str] | None = None,
 ) -> str:
-    """Replace a tensors + JSON pair so that a kill at any point leaves a loadable pair.
+    """Replace a tensors + JSON pair so that a kill at any point leaves a consistent pair.
 
     The new tensors are written to a temporary file first. Before they are renamed into place,
-    the old JSON is rewritten to accept the new hash as well (``sha256_next``): between the two
-    renames the JSON accepts the file on disk whichever it is. The final JSON names one hash.
+    the JSON is rewritten to hold the new record *and* the old one (``"previous"``); readers pick
+    the record whose sha256 matches the tensors file on disk (:func:`_matching`), so between the
+    two renames old tensors still pair with their old record and new ones with the new. The
+    final JSON holds the new record alone.
     """
     tmp = _write_tensors(weights, tensors, metadata)
     sha = _sha256(tmp)
+    new = {**record, "sha256": sha}
+    new.pop("previous", None)
     try:
         old = _read_json(side)
         if old is not None and weights.exists():
-            _write_json(side, {**old, "sha256_next": sha})
+            old.pop("previous", None)
+            _write_json(side, {**new, "previous": old})
         os.replace(tmp, weights)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _write_json(side, {**record, "sha256": sha})
+    _write_json(side, new)
     return sha
 
 
@@ -138,14 +143,22 @@ def _read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _verify(weights: Path, meta: dict, what: str) -> None:
+def _matching(weights: Path, meta: dict, what: str) -> dict:
+    """The record of ``meta`` (itself, or its ``"previous"`` after an interrupted save) whose
+    sha256 is that of ``weights``.
+
+    Raises:
+        CheckpointError: the file is missing or matches no record (modified or corrupt).
+    """
     if not weights.exists():
         raise CheckpointError(f"{weights}: missing")
-    accepted = {meta.get("sha256"), meta.get("sha256_next")} - {None}
-    if _sha256(weights) not in accepted:
-        raise CheckpointError(
-            f"{weights}: {what} do not match the recorded sha256 — file modified or corrupt"
-        )
+    digest = _sha256(weights)
+    for record in (meta, meta.get("previous")):
+        if isinstance(record, dict) and record.get("sha256") == digest:
+            return {k: v for k, v in record.items() if k != "previous"}
+    raise CheckpointError(
+        f"{weights}: {what} do not match the recorded sha256 — file modified or corrupt"
+    )
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
@@ -180,7 +193,6 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
         "covseg_version": __version__,
         "weights": weights.name,
     }
-    record.pop("sha256_next", None)
     _commit(weights, side, model.state_dict(), record)
     return weights
 
@@ -241,7 +253,7 @@ def load_checkpoint(
     weights, side = _paths(path)
     meta = read_meta(side)
     weights = side.parent / meta.get("weights", weights.name)
-    _verify(weights, meta, "weights")
+    meta = _matching(weights, meta, "weights")
     try:
         cfg = from_dict(ModelConfig, meta["model_config"])
     except (KeyError, TypeError, ValueError) as err:
@@ -299,8 +311,7 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
         CheckpointError: missing or mismatching files.
     """
     weights, side = _paths(path)
-    meta = read_meta(side)
-    _verify(weights, meta, "training state tensors")
+    _matching(weights, read_meta(side), "training state tensors")
     with safe_open(str(weights), framework="pt") as f:
         skeleton = json.loads((f.metadata() or {})["state"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)

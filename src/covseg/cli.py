@@ -376,7 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return runners[args.command](args)
     except CovsegError as err:
-        print(f"covseg {args.command}: error: {err}", file=sys.stderr)
+        # One line, whatever a wrapped library message contained.
+        print(f"covseg {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("covseg: interrupted", file=sys.stderr)

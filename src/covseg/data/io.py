@@ -123,6 +123,8 @@ def _read_nifti(path: Path) -> Image:
         array = np.asanyarray(img.dataobj)
     except Exception as err:  # nibabel raises many types for truncated/corrupt files
         raise DataError(f"{path}: unreadable NIfTI ({type(err).__name__}: {err})") from None
+    if array.dtype.kind not in "iufb":  # RGB24 (structured), complex, ...: not a CT intensity
+        raise DataError(f"{path}: unsupported voxel type {array.dtype} (expected a grey-level CT)")
     while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim != 3:
@@ -195,8 +197,13 @@ def _read_dicom_series(folder: Path) -> Image:
         raise DataError(f"{folder}: DICOM slices of different sizes {sorted(shapes)}")
     stack = []
     for ds, px in slices:
-        slope = float(getattr(ds, "RescaleSlope", 1) or 1)
-        intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+        try:
+            slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+            intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+        except Exception as err:  # multi-valued or garbled rescale tags
+            raise DataError(
+                f"{folder}: invalid DICOM RescaleSlope/RescaleIntercept ({err})"
+            ) from None
         stack.append(px.astype(np.float32) * slope + intercept)
     # (rows, cols, z) -> (cols, rows, z): X runs along a row, like nibabel's voxel order.
     array = np.stack(stack, axis=-1).transpose(1, 0, 2)
