@@ -75,8 +75,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _file_mode() -> int:
+    """``0o666`` less the umask: what ``open()`` would give (``mkstemp`` gives 0o600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.chmod(tmp, _file_mode())
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1)
@@ -93,6 +101,7 @@ def _write_tensors(
     caller renames it into place). A failed write leaves no temporary file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, _file_mode())
     try:
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 #: Demo training: short, with a soft-Dice term so that the sparse infection class is learned in
 #: a few epochs (the paper's pure BCE needs far more).
 DEMO_TRAIN = TrainConfig(
-    epochs=30, batch_size=4, lr=3e-3, dice=1.0, patience=0, val_fraction=0.12, augment=False
+    epochs=30, batch_size=4, lr=5e-3, dice=1.0, patience=0, val_fraction=0.12, augment=False
 )
 
 
