@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# NOT YET RUN: the session that wrote it lost its device time before the call; treat as a sketch.
 # The medseg100 cross-validation (5 folds x 3 repeats, two recipes) and the shipped model's
 # training, fanned out as parallel `covseg cv --fold K --repeat R` / `covseg train` processes on
 # one GPU. Each process is exactly the command a CPU user runs (see MODEL_CARD.md); the GPU only

@@ -101,11 +101,11 @@ def _write_tensors(
     caller renames it into place). A failed write leaves no temporary file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, _file_mode())
     try:
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata
         )
+        os.chmod(tmp, _file_mode())
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
