@@ -14,24 +14,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from covseg.cli import main
 from covseg.data.synthetic import make_phantom
 from segment_tiny import save_tiny_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _segment(inputs: list[Path], out: Path, ckpt: Path, *flags: str) -> tuple[int, str, str]:
@@ -96,10 +84,10 @@ EDGE_VOLUMES = {
 
 
 @pytest.mark.parametrize("kind", sorted(EDGE_VOLUMES))
-def test_edge_volume_segments_with_geometry_kept(kind, ckpt, tmp_path):
+def test_edge_volume_segments_with_geometry_kept(kind, checkpoint, tmp_path):
     vol, aff = EDGE_VOLUMES[kind]()
     src = _save(tmp_path / f"{kind}.nii.gz", vol, aff)
-    rc, stdout, stderr = _segment([src], tmp_path / "out", ckpt)
+    rc, stdout, stderr = _segment([src], tmp_path / "out", checkpoint)
     assert rc == 0, stderr[-2000:]
     report = _check_outputs(src, tmp_path / "out")
     assert kind in stdout
@@ -118,7 +106,7 @@ def test_all_air_scan_reports_no_lung(tmp_path):
 
 
 @pytest.mark.slow
-def test_long_scan_memory_stays_bounded(ckpt, tmp_path):
+def test_long_scan_memory_stays_bounded(checkpoint, tmp_path):
     """2000 slices of 32x32: peak RSS grows by little more than the input and the two masks."""
     wrapper = (
         "import resource,subprocess,sys;r=subprocess.run(sys.argv[1:],capture_output=True);"
@@ -128,7 +116,7 @@ def test_long_scan_memory_stays_bounded(ckpt, tmp_path):
     def peak_mb(n: int) -> float:
         src = _save(tmp_path / f"long{n}.nii.gz", make_phantom(7, (32, 32, n))[0], np.eye(4))
         cmd = [sys.executable, "-m", "covseg", "segment", str(src), "--out", str(tmp_path / "o")]
-        cmd += ["--checkpoint", str(ckpt), "--device", "cpu"]
+        cmd += ["--checkpoint", str(checkpoint), "--device", "cpu"]
         r = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True)
         rc, kb = r.stdout.split()
         assert rc == "0", r.stderr
@@ -142,11 +130,19 @@ def test_long_scan_memory_stays_bounded(ckpt, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_writing_one_folder_match_a_single_run(ckpt, tmp_path):
+def test_two_processes_writing_one_folder_match_a_single_run(checkpoint, tmp_path):
     inputs = []
     for k in range(3):
         inputs.append(_save(tmp_path / f"s{k}.nii.gz", make_phantom(k, (32, 32, 6))[0], np.eye(4)))
-    base = [sys.executable, "-m", "covseg", "segment", *map(str, inputs), "--checkpoint", str(ckpt)]
+    base = [
+        sys.executable,
+        "-m",
+        "covseg",
+        "segment",
+        *map(str, inputs),
+        "--checkpoint",
+        str(checkpoint),
+    ]
     base += ["--device", "cpu"]
     single = subprocess.run([*base, "--out", str(tmp_path / "single")], capture_output=True)
     assert single.returncode == 0, single.stderr[-2000:]

@@ -10,7 +10,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from PIL import Image as PILImage
 
 from covseg.data.io import Image, read_image
@@ -19,26 +18,14 @@ from covseg.data.synthetic import make_phantom
 from covseg.segment import Segmenter, _left_right_counts
 from segment_tiny import fraction, save_tiny_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _readme_snippet() -> str:
     """The first ``python`` block of the README's "Python API" section, run verbatim below."""
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = text.split("## Python API", 1)[1]
     return section.split("```python\n", 1)[1].split("```", 1)[0]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two shared cores: oneDNN with 2 threads under load is ~100x slower than with 1.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +227,6 @@ def test_concurrent_cases_into_one_folder(checkpoint, tmp_path):
 
 
 def test_readme_snippet(tmp_path, monkeypatch, capsys):
-    save_tiny_checkpoint(tmp_path / "model.safetensors")
     monkeypatch.chdir(tmp_path)
     exec(compile(_readme_snippet(), "README.md", "exec"), {})
     assert "scan_report.json" in capsys.readouterr().out

@@ -8,25 +8,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from PIL import Image as PILImage
 
 from covseg.cli import main
 from covseg.data.synthetic import make_phantom
 from segment_tiny import save_tiny_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _nifti(path: Path, array: np.ndarray) -> Path:
