@@ -148,3 +148,53 @@ def _counts(pred: torch.Tensor, truth: torch.Tensor):
         (~pred & truth).sum(),
         (~pred & ~truth).sum(),
     )
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 21, 17), (1, 5, 4, 9), (2, 2, 2, 3)])
+def test_separable_max_pool_equals_max_pool_in_both_paths(shape):
+    """The inference path (shifted maxima) and the autograd path both equal MaxPool2d(7, 1, 3)."""
+    from covseg.models.blocks import SeparableMaxPool
+
+    pool = SeparableMaxPool(7)
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    ref = torch.nn.functional.max_pool2d(x, 7, 1, 3)
+    with torch.inference_mode():
+        assert torch.equal(pool(x), ref)
+    xg = x.clone().requires_grad_(True)
+    y = pool(xg)
+    assert torch.equal(y.detach(), ref)
+    y.sum().backward()  # the training path stays differentiable
+    assert xg.grad is not None and xg.grad.sum() > 0
+
+
+def test_fold_batchnorm_keeps_outputs():
+    """Folding BN into the convolutions (inference) changes outputs only by rounding."""
+    import copy
+
+    from covseg.models.blocks import fold_batchnorm
+
+    torch.manual_seed(0)
+    net = build_model(TINY).train()
+    with torch.no_grad():  # non-trivial running statistics
+        for _ in range(5):
+            net(torch.rand(2, 1, 48, 48) * 3 + 1)
+    net.eval()
+    folded = fold_batchnorm(copy.deepcopy(net))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.rand(2, 1, 40, 56) * 3 + 1
+    with torch.inference_mode():
+        for a, b in zip(net(x), folded(x), strict=True):
+            assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="eval-mode"):
+        fold_batchnorm(build_model(TINY).train())
+
+
+def test_one_channel_tensors_keep_cat_channels_last():
+    """A 1-channel input must not turn a concatenation into NCHW (a copy per later conv)."""
+    from covseg.models.blocks import channels_last
+
+    one = channels_last(torch.rand(2, 1, 8, 8))
+    many = torch.rand(2, 4, 8, 8).contiguous(memory_format=torch.channels_last)
+    out = torch.cat([one, many], dim=1)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out[:, :1], one)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -365,9 +366,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Runner]]:
     return parser, runners
 
 
+#: Commands that only run inference, where transparent huge pages pay (see :func:`main`).
+HUGE_PAGE_COMMANDS = frozenset({"segment", "evaluate"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser, runners = build_parser()
     args = parser.parse_args(argv)
+    if args.command in HUGE_PAGE_COMMANDS and "torch" not in sys.modules:
+        # PyTorch reads this once, at its first CPU allocation. Inference re-allocates its
+        # full-resolution activations layer after layer; with 4 KiB pages the page faults were
+        # 54 s of system time in a 76 s `segment` of 512x512x300 (-> 53 s wall with huge pages,
+        # BENCHMARKS.md). Training is slower with it (1.8 vs 2.3 slices/s), so only here.
+        # THP_MEM_ALLOC_ENABLE=0 opts out.
+        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(message)s",

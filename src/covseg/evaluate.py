@@ -28,6 +28,7 @@ from covseg.data.preprocess import canonical_spacing, resize_back, volume_to_sli
 from covseg.errors import DataError
 from covseg.inference import predict_slices, resolve_device
 from covseg.metrics import METRICS, ConfusionAccumulator, surface_metrics
+from covseg.models.blocks import fold_batchnorm
 from covseg.threshold import remove_small_components
 
 __all__ = ["evaluate", "format_table", "original_infection"]
@@ -142,6 +143,7 @@ def evaluate(
     ckpt = pretrained_path() if str(checkpoint) == "pretrained" else Path(checkpoint)
     dev = resolve_device(device)
     model, meta = load_checkpoint(ckpt, device=dev)
+    model = fold_batchnorm(model.eval())  # inference only: BN folded into the convolutions
     thr = float(meta.get("threshold", 0.5) if threshold is None else threshold)
     min_size = int(meta.get("min_component", 0))
     with tempfile.TemporaryDirectory(prefix="covseg-eval-") as tmp:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from covseg.config import ModelConfig
-from covseg.models.blocks import ConvBNReLU, DoubleConv, InceptionBlock
+from covseg.models.blocks import ConvBNReLU, DoubleConv, InceptionBlock, channels_last
 
 __all__ = ["BifurcatedNet", "Encoder", "FusionHead", "SegOutput", "UNetDecoder"]
 
@@ -184,13 +184,12 @@ class BifurcatedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> SegOutput:
         h, w = x.shape[-2:]
-        x = x.contiguous(memory_format=torch.channels_last)
-        x = _pad_to(x, DIVISOR)
+        x = channels_last(_pad_to(x, DIVISOR))
         feats = self.encoder(x)
         lung = self.lung_head(self.lung_decoder(feats))
         inf_feat = self.infection_decoder(feats)
         aux = self.infection_head(inf_feat)
-        parts = [x, torch.sigmoid(aux)]
+        parts = [x, channels_last(torch.sigmoid(aux))]
         if self.cfg.fusion_inputs == "authors":
             parts += [inf_feat, feats[0]]
         fused = torch.cat(parts, dim=1)

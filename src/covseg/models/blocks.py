@@ -5,7 +5,29 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ConvBNReLU", "DoubleConv", "InceptionBlock", "SeparableMaxPool"]
+__all__ = [
+    "ConvBNReLU",
+    "DoubleConv",
+    "InceptionBlock",
+    "SeparableMaxPool",
+    "channels_last",
+    "fold_batchnorm",
+]
+
+
+def channels_last(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (``(B, C, H, W)``) in channels-last memory format, unambiguously so for ``C == 1``.
+
+    A one-channel tensor is contiguous in both formats and ``Tensor.contiguous`` keeps the
+    NCHW strides; ``torch.cat`` then falls back to NCHW for the whole result and every following
+    convolution converts it back (measured: 4 full-resolution copies per fusion block). The view
+    returned here has channels-last strides over the same memory.
+    """
+    if t.dim() == 4 and t.shape[1] == 1:
+        t = t.contiguous()
+        h, w = t.shape[-2:]
+        return t.as_strided(t.shape, (h * w, 1, w, 1))
+    return t.contiguous(memory_format=torch.channels_last)
 
 
 class ConvBNReLU(nn.Sequential):
@@ -44,17 +66,34 @@ class SeparableMaxPool(nn.Module):
     """``k x k`` max-pool, stride 1, same padding, computed as ``1 x k`` then ``k x 1``.
 
     Max is separable, so the result equals ``nn.MaxPool2d(k, 1, k // 2)`` exactly; on the CPU it
-    is ~10x faster at full resolution.
+    is ~10x faster at full resolution. Without autograd (inference) each 1-D pass is done by
+    in-place maxima of shifted views instead: ``max_pool2d`` also writes int64 indices, and the
+    shifted maxima are ~1.2-1.5x faster on the full-resolution tensors (same result, bit for bit).
     """
 
     def __init__(self, kernel: int = 7) -> None:
         super().__init__()
+        self.kernel = kernel
         pad = kernel // 2
         self.rows = nn.MaxPool2d((1, kernel), stride=1, padding=(0, pad))
         self.cols = nn.MaxPool2d((kernel, 1), stride=1, padding=(pad, 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cols(self.rows(x))
+        if torch.is_grad_enabled() and x.requires_grad:
+            return self.cols(self.rows(x))
+        return _shifted_max(_shifted_max(x, 3, self.kernel // 2), 2, self.kernel // 2)
+
+
+def _shifted_max(x: torch.Tensor, dim: int, radius: int) -> torch.Tensor:
+    """Max over ``[i - radius, i + radius]`` along ``dim`` (borders: the window is clipped)."""
+    n = x.shape[dim]
+    out = x.clone(memory_format=torch.preserve_format)
+    for s in range(1, min(radius, n - 1) + 1):
+        a = out.narrow(dim, s, n - s)
+        torch.maximum(a, x.narrow(dim, 0, n - s), out=a)
+        b = out.narrow(dim, 0, n - s)
+        torch.maximum(b, x.narrow(dim, s, n - s), out=b)
+    return out
 
 
 class DoubleConv(nn.Sequential):
@@ -125,5 +164,29 @@ class InceptionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         parts = [branch(x) for branch in self.branches]
-        parts += [self.pool(x), x]
+        parts += [self.pool(x), channels_last(x)]
         return self.fuse(torch.cat(parts, dim=1))
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every eval-mode ``BatchNorm2d`` of :class:`ConvBNReLU` into the convolution before it.
+
+    Inference only: the model is changed in place (and returned) and must not be trained
+    afterwards. Outputs equal the unfolded model's to float rounding (~1e-6); measured on the
+    CPU it removes the batch-norm passes over the full-resolution tensors (benchmarks/).
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for block in model.modules():
+        if not isinstance(block, ConvBNReLU):
+            continue
+        idx = [i for i, m in enumerate(block) if isinstance(m, nn.BatchNorm2d)]
+        if not idx or not isinstance(block[idx[0] - 1], nn.Conv2d):
+            continue
+        i = idx[0]
+        bn = block[i]
+        if bn.training or bn.running_mean is None:
+            raise ValueError("fold_batchnorm needs an eval-mode model with running statistics")
+        block[i - 1] = fuse_conv_bn_eval(block[i - 1], bn)
+        block[i] = nn.Identity()
+    return model
