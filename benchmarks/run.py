@@ -28,6 +28,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -63,6 +64,7 @@ def settings(quick: bool) -> dict[str, Any]:
             "iters": 2,
             "matmul_n": 1024,
             "segment_shape": (128, 128, 24),
+            "segment_runs": 1,
             "prepare": {"cases": 2, "slices": 8, "size": 64},
             "peer_formats": ("contiguous",),
         }
@@ -73,6 +75,7 @@ def settings(quick: bool) -> dict[str, Any]:
         "iters": 5,
         "matmul_n": 4096,
         "segment_shape": (512, 512, 300),
+        "segment_runs": 3,
         "prepare": {"cases": 3, "slices": 64, "size": 512},
         "peer_formats": ("contiguous", "channels_last"),
     }
@@ -284,6 +287,11 @@ def bench_model(
     model.train()
     tr = median_seconds(train_step, device, cfg["warmup"], cfg["iters"])
     model.eval()
+    if name in ("paper", "small"):
+        # What `covseg segment` runs: batch norm folded into the convolutions.
+        from covseg.models.blocks import fold_batchnorm
+
+        fold_batchnorm(model)
 
     def infer_step() -> None:
         with torch.inference_mode(), autocast:
@@ -428,10 +436,18 @@ def section_segment(cfg: dict, devices: list[str], tmp: Path) -> dict[str, Any]:
             cmd = [sys.executable, "-m", "covseg", "segment", str(vol), "--out"]
             cmd += [str(tmp / f"seg_{key}"), "--checkpoint", str(ckpt), "--device", dev]
             cmd += ["--tta"] if tta else []
-            r = measured_run(cmd, tmp)
+            runs = []
+            for _ in range(cfg["segment_runs"]):
+                shutil.rmtree(tmp / f"seg_{key}", ignore_errors=True)
+                runs.append(measured_run(cmd, tmp))
+                _log(f"segment {key}: {runs[-1]}")
+            # The median run by wall time; peak RSS is the largest of all runs.
+            r = dict(sorted(runs, key=lambda x: x["wall_s"])[len(runs) // 2])
+            r["wall_s_all"] = [x["wall_s"] for x in runs]
+            r["peak_rss_mb"] = max(x["peak_rss_mb"] for x in runs)
+            r["rc"] = max(x["rc"] for x in runs)
             r["slices_per_s"] = round(shape[2] / r["wall_s"], 2)
             out["runs"][key] = r
-            _log(f"segment {key}: {r}")
     return out
 
 
@@ -556,13 +572,15 @@ def markdown(res: dict[str, Any]) -> str:
             f"`covseg segment` on {'×'.join(map(str, seg['shape']))} int16 HU NIfTI "
             f"({seg['input_mb']} MB .nii.gz), checkpoint: {seg['checkpoint']}",
             "",
-            "| run | exit | wall s | slices/s | peak RSS MB | CPU user s |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| run | exit | wall s (median) | all runs s | slices/s | peak RSS MB (max) "
+            "| CPU user s | CPU sys s |",
+            "|---|---:|---:|---|---:|---:|---:|---:|",
         ]
         for key, r in seg["runs"].items():
+            runs = ", ".join(f"{w:.1f}" for w in r.get("wall_s_all", [r["wall_s"]]))
             lines.append(
-                f"| {key} | {r['rc']} | {r['wall_s']:.1f} | {r['slices_per_s']:.2f} | "
-                f"{r['peak_rss_mb']:.0f} | {r['user_s']:.1f} |"
+                f"| {key} | {r['rc']} | {r['wall_s']:.1f} | {runs} | {r['slices_per_s']:.2f} | "
+                f"{r['peak_rss_mb']:.0f} | {r['user_s']:.1f} | {r['sys_s']:.1f} |"
             )
         lines.append("")
     prep = res.get("prepare")
