@@ -20,15 +20,18 @@ if [ ! -f "$SCAN" ]; then
   "$PY" -c "import sys; sys.path.insert(0, '$ROOT/benchmarks'); import run; from pathlib import Path; run.write_volume((512, 512, 300), Path('$SCAN'))"
 fi
 git -C "$ROOT" worktree add --detach "$WORK/before" "$BEFORE" >/dev/null 2>&1
-cp "$CKPT" "$WORK/ckpt.safetensors"; cp "${CKPT%.safetensors}.json" "$WORK/ckpt.json"
+# a copy, names kept (the JSON records its weights file name)
+mkdir "$WORK/ckpt" && cp "$CKPT" "${CKPT%.safetensors}.json" "$WORK/ckpt/"
+CKPT="$WORK/ckpt/$(basename "$CKPT")"
 
 run() {  # label, source dir, THP value
   for i in $(seq "$RUNS"); do
     rm -rf "$WORK/out"
-    THP_MEM_ALLOC_ENABLE=$3 PYTHONPATH="$2" /usr/bin/time -f "$1 run $i: %e s wall, %U s user, %S s sys, %M KB peak RSS" \
-      "$PY" -m covseg segment "$SCAN" --out "$WORK/out" --checkpoint "$WORK/ckpt.safetensors" --device cpu >/dev/null 2>"$WORK/err" \
+    THP_MEM_ALLOC_ENABLE=$3 PYTHONPATH="$2" /usr/bin/time -o "$WORK/time" \
+      -f "$1 run $i: %e s wall, %U s user, %S s sys, %M KB peak RSS" \
+      "$PY" -m covseg segment "$SCAN" --out "$WORK/out" --checkpoint "$CKPT" --device cpu >/dev/null 2>"$WORK/err" \
       || { cat "$WORK/err"; exit 1; }
-    tail -n 1 "$WORK/err"
+    cat "$WORK/time"
   done
 }
 run "before ($BEFORE), 4 KiB pages" "$WORK/before/src" 0
