@@ -23,6 +23,8 @@ def channels_last(t: torch.Tensor) -> torch.Tensor:
     convolution converts it back (measured: 4 full-resolution copies per fusion block). The view
     returned here has channels-last strides over the same memory.
     """
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return t  # memory formats mean nothing in an exported graph; as_strided would not export
     if t.dim() == 4 and t.shape[1] == 1:
         t = t.contiguous()
         h, w = t.shape[-2:]
