@@ -33,8 +33,22 @@ run() {  # label, source dir, THP value
       || { cat "$WORK/err"; exit 1; }
     cat "$WORK/time"
   done
+  rm -rf "$WORK/out_$4" && mv "$WORK/out" "$WORK/out_$4"
 }
-run "before ($BEFORE), 4 KiB pages" "$WORK/before/src" 0
-run "before ($BEFORE), huge pages " "$WORK/before/src" 1
-run "now, 4 KiB pages            " "$ROOT/src" 0
-run "now, huge pages (default)   " "$ROOT/src" 1
+run "before ($BEFORE), 4 KiB pages" "$WORK/before/src" 0 before
+run "before ($BEFORE), huge pages " "$WORK/before/src" 1 before_thp
+run "now, 4 KiB pages            " "$ROOT/src" 0 now
+run "now, huge pages (default)   " "$ROOT/src" 1 now_thp
+# the speed work must not change the result: masks of the first and last configuration
+"$PY" - "$WORK/out_before" "$WORK/out_now_thp" <<'PY'
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+for a in sorted(Path(sys.argv[1]).glob("*.nii.gz")):
+    x = np.asarray(nib.load(a).dataobj)
+    y = np.asarray(nib.load(Path(sys.argv[2]) / a.name).dataobj)
+    print(f"{a.name}: {int((x != y).sum())} of {x.size} voxels differ before/now")
+PY
