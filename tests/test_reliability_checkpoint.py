@@ -263,9 +263,16 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     proc = subprocess.Popen(_train_cmd(data, run, epochs), env=env, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
-        while not (run / "last.json").exists() and time.monotonic() < deadline:
+
+        def first_epoch_logged() -> bool:  # last.json is written before the log row
+            log_csv = run / "log.csv"
+            return (run / "last.json").exists() and (
+                log_csv.exists() and len(log_csv.read_text().splitlines()) > 1
+            )
+
+        while not first_epoch_logged() and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert (run / "last.json").exists(), "no checkpoint after the first epoch"
+        assert first_epoch_logged(), "no checkpoint and log row after the first epoch"
         epoch_s = float((run / "log.csv").read_text().splitlines()[1].split(",")[-1])
         time.sleep(epoch_s / 4)  # inside the second epoch (or a later one)
     finally:
