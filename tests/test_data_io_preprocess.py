@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from nibabel.orientations import apply_orientation, inv_ornt_aff
 
+from _dicom import write_dicom_series
 from covseg.data.io import Image, find_inputs, read_image, write_mask
 from covseg.data.preprocess import (
     detect_intensity_rule,
@@ -116,27 +117,13 @@ def test_resize_masks_keep_labels_and_round_trip_shape():
 
 def test_dicom_series_matches_geometry(tmp_path):
     pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
     rows, cols, n = 12, 16, 3
     vol = np.random.default_rng(0).integers(0, 2000, size=(n, rows, cols)).astype(np.uint16)
-    for k in range(n):
-        meta = FileMetaDataset()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds = FileDataset(str(tmp_path / f"s{k}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.Rows, ds.Columns = rows, cols
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-        ds.PixelRepresentation, ds.SamplesPerPixel = 0, 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [0, 0, 2.5 * (n - 1 - k)]  # written in reverse order
-        ds.PixelSpacing = [0.5, 0.7]
-        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-        ds.PixelData = vol[n - 1 - k].tobytes()
-        ds.save_as(tmp_path / f"s{k}.dcm", enforce_file_format=True)
+    # written in reverse order: file k holds slice n-1-k
+    z = [2.5 * (n - 1 - k) for k in range(n)]
+    write_dicom_series(
+        tmp_path, vol[::-1], z, pixel_spacing=(0.5, 0.7), origin_xy=(0, 0), prefix="s"
+    )
     assert find_inputs(tmp_path) == [tmp_path]
     img = read_image(tmp_path)
     assert img.kind == "dicom" and img.array.shape == (cols, rows, n)

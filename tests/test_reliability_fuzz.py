@@ -24,6 +24,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from _dicom import hu_to_stored, write_dicom_series
 from covseg.cli import main
 from covseg.data.io import read_image
 from covseg.data.synthetic import make_phantom, write_synthetic_dataset
@@ -185,30 +186,9 @@ def test_folder_of_garbage_dicom_is_a_data_error(payload, n):
 
 
 def _dicom_series(folder: Path, n: int = 3, edit=None) -> Path:
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
     hu = make_phantom(2, (16, 12, n))[0]
-    folder.mkdir(parents=True, exist_ok=True)
-    for k in range(n):
-        meta = FileMetaDataset()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds = FileDataset(str(folder / f"{k}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.Rows, ds.Columns = hu.shape[1], hu.shape[0]
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-        ds.PixelRepresentation, ds.SamplesPerPixel = 0, 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [-20.0, -30.0, 3.0 * k]
-        ds.PixelSpacing = [0.8, 0.6]
-        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-        ds.PixelData = (hu[:, :, k].T.astype(np.int32) + 1024).astype(np.uint16).tobytes()
-        if edit is not None:
-            edit(ds, k)
-        ds.save_as(folder / f"{k}.dcm", enforce_file_format=False)
-    return folder
+    z = [3.0 * k for k in range(n)]
+    return write_dicom_series(folder, hu_to_stored(hu), z, edit=edit, enforce_file_format=False)
 
 
 DICOM_EDITS = {

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
+from _dicom import hu_to_stored, write_dicom_series
 from covseg.data.io import Image, read_image
 from covseg.data.preprocess import slices_to_volume, volume_to_slices
 from covseg.data.synthetic import make_phantom
@@ -89,28 +90,9 @@ def test_nifti_keeps_geometry_and_report_adds_up(seg, tmp_path):
 
 
 def test_dicom_series_keeps_geometry(seg, tmp_path):
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
     hu = make_phantom(4, (40, 36, 5))[0]  # (X = columns, Y = rows, Z)
-    series = tmp_path / "series"
-    series.mkdir()
-    for k in range(hu.shape[2]):
-        meta = FileMetaDataset()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds = FileDataset(str(series / f"{k}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.Rows, ds.Columns = hu.shape[1], hu.shape[0]
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-        ds.PixelRepresentation, ds.SamplesPerPixel = 0, 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [-20.0, -30.0, 3.0 * k]
-        ds.PixelSpacing = [0.8, 0.6]
-        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-        ds.PixelData = (hu[:, :, k].T.astype(np.int32) + 1024).astype(np.uint16).tobytes()
-        ds.save_as(series / f"{k}.dcm", enforce_file_format=True)
+    z = [3.0 * k for k in range(hu.shape[2])]
+    series = write_dicom_series(tmp_path / "series", hu_to_stored(hu), z)
     result = seg.predict_file(series, tmp_path / "out")
     ref = read_image(series)
     img = nib.load(str(tmp_path / "out" / "series_lungs.nii.gz"))

@@ -375,9 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in HUGE_PAGE_COMMANDS and "torch" not in sys.modules:
         # PyTorch reads this once, at its first CPU allocation. Inference re-allocates its
-        # full-resolution activations layer after layer; with 4 KiB pages the page faults were
-        # 54 s of system time in a 76 s `segment` of 512x512x300 (-> 53 s wall with huge pages,
-        # BENCHMARKS.md). Training is slower with it (1.8 vs 2.3 slices/s), so only here.
+        # full-resolution activations layer after layer; with 4 KiB pages the page faults took
+        # ~55 s of system time in a ~78 s `segment` of 512x512x300 (huge pages: ~55 s wall;
+        # BENCHMARKS.md). Training is slower with them (benchmarks/train_step.py), so only here.
         # THP_MEM_ALLOC_ENABLE=0 opts out.
         os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     logging.basicConfig(

@@ -180,15 +180,11 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     for block in model.modules():
-        if not isinstance(block, ConvBNReLU):
-            continue
-        idx = [i for i, m in enumerate(block) if isinstance(m, nn.BatchNorm2d)]
-        if not idx or not isinstance(block[idx[0] - 1], nn.Conv2d):
-            continue
-        i = idx[0]
-        bn = block[i]
-        if bn.training or bn.running_mean is None:
-            raise ValueError("fold_batchnorm needs an eval-mode model with running statistics")
-        block[i - 1] = fuse_conv_bn_eval(block[i - 1], bn)
-        block[i] = nn.Identity()
+        # ConvBNReLU is [conv(s)..., BN, ReLU]; a folded block has an Identity where BN was.
+        if isinstance(block, ConvBNReLU) and isinstance(block[-2], nn.BatchNorm2d):
+            bn = block[-2]
+            if bn.training or bn.running_mean is None:
+                raise ValueError("fold_batchnorm needs an eval-mode model with running statistics")
+            block[-3] = fuse_conv_bn_eval(block[-3], bn)
+            block[-2] = nn.Identity()
     return model
