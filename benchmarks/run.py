@@ -8,10 +8,16 @@ Measured in one run (each section can be picked with ``--sections``):
 
 - ``peak``: fp32 matmul GFLOP/s (the achievable peak) and the theoretical peak from lscpu flags;
 - ``models``: FLOPs per slice (FlopCounterMode), training throughput (forward + backward + Adam
-  step) and inference throughput (eval, ``torch.inference_mode``) of the ``paper`` and ``small``
-  presets and of two MONAI peers (``BasicUNet``; ``UNet`` of about the small preset's size);
+  step) and inference throughput (eval, ``torch.inference_mode``) of the ``fast`` (when
+  ``PRESETS`` has it), ``small`` and ``paper`` presets and of two MONAI peers (``BasicUNet``;
+  ``UNet`` of about the small preset's size), each with its ratio to BasicUNet: BasicUNet is
+  measured before and after every other model (interleaved) and the ratio uses the mean of the
+  two;
 - ``segment``: ``covseg segment`` end to end on a synthetic 512x512x300 HU NIfTI, wall time and
-  peak RSS of the subprocess (``getrusage`` of the child, exact), with and without ``--tta``;
+  peak RSS of the subprocess (``getrusage`` of the child, exact), alternating with its
+  reference, MONAI BasicUNet's bare forward passes over the same 300 slices at 256² (fresh
+  process, only the forward loop timed); ratio segment wall / reference; ``--tta`` too
+  (``--no-segment-tta`` skips it);
 - ``prepare``: ``covseg prepare`` on a synthetic zenodo20 dataset, seconds per case;
 - ``profile``: top ops of one small-preset training step (torch.profiler) -> a text file.
 
@@ -47,10 +53,16 @@ REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("peak", "models", "segment", "prepare", "profile")
 
 # Targets of the project (reported against, never adjusted to the result).
-TARGET_SEGMENT_S = 60.0
-TARGET_SEGMENT_RSS_GB = 2.5
-TARGET_SMALL_VS_BASICUNET = 2.0
+TARGET_FAST_VS_BASICUNET = 3.0  # train and infer slices/s, 256², batch 8, 2 threads
+TARGET_SEGMENT_VS_REFERENCE = 0.6  # segment wall / bare BasicUNet forward over the same slices
+TARGET_SEGMENT_RSS_GB = 2.0
 TARGET_INFER_OF_PEAK = 0.5
+TARGET_CONDITIONS = {"size": 256, "batch": 8, "threads": 2}  # where the model targets are defined
+
+# Our presets, in table order; a preset missing from covseg.config.PRESETS is skipped.
+OUR_PRESETS = ("fast", "small", "paper")
+REFERENCE = "monai_basicunet"  # every ratio is against this model, measured in the same run
+PEERS = ("monai_basicunet", "monai_unet")
 
 
 # ------------------------------------------------------------------------------ settings
@@ -65,6 +77,8 @@ def settings(quick: bool) -> dict[str, Any]:
             "matmul_n": 1024,
             "segment_shape": (128, 128, 24),
             "segment_runs": 1,
+            "reference_size": 128,
+            "reference_formats": ("contiguous", "channels_last"),
             "prepare": {"cases": 2, "slices": 8, "size": 64},
             "peer_formats": ("contiguous",),
         }
@@ -76,6 +90,8 @@ def settings(quick: bool) -> dict[str, Any]:
         "matmul_n": 4096,
         "segment_shape": (512, 512, 300),
         "segment_runs": 3,
+        "reference_size": 256,
+        "reference_formats": ("contiguous", "channels_last"),
         "prepare": {"cases": 3, "slices": 64, "size": 512},
         "peer_formats": ("contiguous", "channels_last"),
     }
@@ -206,6 +222,13 @@ def matmul_peak(device: torch.device, n: int, warmup: int, iters: int) -> dict[s
 
 
 # ---------------------------------------------------------------------------------- models
+def our_models() -> tuple[str, ...]:
+    """The covseg presets benchmarked: those of ``OUR_PRESETS`` that ``PRESETS`` defines."""
+    from covseg.config import PRESETS
+
+    return tuple(name for name in OUR_PRESETS if name in PRESETS)
+
+
 def model_zoo() -> dict[str, Callable[[], nn.Module]]:
     """The benchmarked networks (ours as ``build_model`` returns them: channels-last)."""
     from monai.networks.nets import BasicUNet, UNet
@@ -213,9 +236,10 @@ def model_zoo() -> dict[str, Callable[[], nn.Module]]:
     from covseg.config import PRESETS
     from covseg.models import build_model
 
-    return {
-        "paper": lambda: build_model(PRESETS["paper"]),
-        "small": lambda: build_model(PRESETS["small"]),
+    zoo: dict[str, Callable[[], nn.Module]] = {
+        name: (lambda name=name: build_model(PRESETS[name])) for name in our_models()
+    }
+    return zoo | {
         "monai_basicunet": lambda: BasicUNet(spatial_dims=2, in_channels=1, out_channels=1),
         "monai_unet": lambda: UNet(
             spatial_dims=2,
@@ -230,8 +254,8 @@ def model_zoo() -> dict[str, Callable[[], nn.Module]]:
 
 def _loss_fn(name: str) -> Callable[[Any, torch.Tensor], torch.Tensor]:
     """The training loss of each model: BifurcatedLoss (3 heads) for ours, BCE for the peers."""
-    if name in ("paper", "small"):
-        from covseg.losses import BifurcatedLoss
+    if name in our_models():
+        from covseg.training.losses import BifurcatedLoss
 
         crit = BifurcatedLoss()
         return lambda out, y: crit(out, y, y).total
@@ -259,9 +283,14 @@ def count_flops(name: str, size: int) -> dict[str, float]:
 
 
 def bench_model(
-    name: str, device: torch.device, cfg: dict, fmt: str, amp: torch.dtype | None
+    name: str,
+    device: torch.device,
+    cfg: dict,
+    fmt: str,
+    amp: torch.dtype | None,
+    parts: tuple[str, ...] = ("train", "infer"),
 ) -> dict[str, Any]:
-    """Training and inference throughput of one model on one device / memory format."""
+    """Training and/or inference throughput of one model on one device / memory format."""
     torch.manual_seed(0)
     model = model_zoo()[name]().to(device)
     if fmt == "channels_last":
@@ -274,6 +303,7 @@ def bench_model(
     loss_fn = _loss_fn(name)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     autocast = torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
+    out: dict[str, Any] = {"params": params, "memory_format": fmt}
 
     def train_step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -284,71 +314,141 @@ def bench_model(
         loss_fn(out, y).backward()
         opt.step()
 
-    model.train()
-    tr = median_seconds(train_step, device, cfg["warmup"], cfg["iters"])
-    model.eval()
-    if name in ("paper", "small"):
-        # What `covseg segment` runs: batch norm folded into the convolutions.
-        from covseg.models.blocks import fold_batchnorm
+    if "train" in parts:
+        model.train()
+        tr = median_seconds(train_step, device, cfg["warmup"], cfg["iters"])
+        out |= {"train_slices_per_s": round(b / tr["median_s"], 3), "train_step": tr}
+    if "infer" in parts:
+        model.eval()
+        if name in our_models():
+            # What `covseg segment` runs: batch norm folded into the convolutions.
+            from covseg.models.blocks import fold_batchnorm
 
-        fold_batchnorm(model)
+            fold_batchnorm(model)
 
-    def infer_step() -> None:
-        with torch.inference_mode(), autocast:
-            model(x)
+        def infer_step() -> None:
+            with torch.inference_mode(), autocast:
+                model(x)
 
-    inf = median_seconds(infer_step, device, cfg["warmup"], cfg["iters"])
-    return {
-        "params": params,
-        "memory_format": fmt,
-        "train_slices_per_s": round(b / tr["median_s"], 3),
-        "infer_slices_per_s": round(b / inf["median_s"], 3),
-        "train_step": tr,
-        "infer_step": inf,
-    }
+        inf = median_seconds(infer_step, device, cfg["warmup"], cfg["iters"])
+        out |= {"infer_slices_per_s": round(b / inf["median_s"], 3), "infer_step": inf}
+    return out
+
+
+def _peer_formats(
+    device: torch.device, cfg: dict, amp: torch.dtype | None, dev_key: str
+) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:
+    """The faster memory format of each MONAI peer, for training and for inference separately.
+
+    One throw-away measurement per format (``cfg["peer_formats"]``); skipped when only one
+    format is benchmarked (``--quick``). Returns ``({peer: {"train": fmt, "infer": fmt}}, raw)``.
+    """
+    chosen: dict[str, dict[str, str]] = {}
+    raw: dict[str, Any] = {}
+    for peer in PEERS:
+        formats = cfg["peer_formats"]
+        if len(formats) == 1:
+            chosen[peer] = {"train": formats[0], "infer": formats[0]}
+            continue
+        runs = {fmt: bench_model(peer, device, cfg, fmt, amp) for fmt in formats}
+        raw[peer] = {
+            fmt: {k: r[f"{k}_slices_per_s"] for k in ("train", "infer")} for fmt, r in runs.items()
+        }
+        chosen[peer] = {
+            k: max(formats, key=lambda f: runs[f][f"{k}_slices_per_s"]) for k in ("train", "infer")
+        }
+        _log(f"{dev_key} {peer} formats (selection, not used for ratios): {raw[peer]}")
+    return chosen, raw
+
+
+def _measure(
+    name: str,
+    device: torch.device,
+    cfg: dict,
+    amp: torch.dtype | None,
+    peer_fmt: dict[str, dict[str, str]],
+    dev_key: str,
+) -> dict[str, Any]:
+    """One training + inference measurement of ``name`` in its memory format(s)."""
+    if name not in peer_fmt:
+        r = bench_model(name, device, cfg, "channels_last", amp)
+    elif (ft := peer_fmt[name]["train"]) == (fi := peer_fmt[name]["infer"]):
+        r = bench_model(name, device, cfg, ft, amp)
+    else:
+        r = bench_model(name, device, cfg, ft, amp, parts=("train",))
+        r |= bench_model(name, device, cfg, fi, amp, parts=("infer",))
+        r["memory_format"] = f"train {ft}, infer {fi}"
+    _log(
+        f"{dev_key} {name} [{r['memory_format']}]: train {r['train_slices_per_s']} sl/s, "
+        f"infer {r['infer_slices_per_s']} sl/s"
+    )
+    return r
 
 
 def section_models(cfg: dict, devices: list[str], peak: dict[str, Any]) -> dict[str, Any]:
+    """Throughput of every model, and its ratio to BasicUNet measured right around it.
+
+    Interleaved: ``R0, M1, R1, M2, R2, ...`` where ``R`` is a BasicUNet measurement and ``Mi``
+    every other model in turn; the ratio of ``Mi`` is its slices/s over the mean of ``R(i-1)``
+    and ``Ri`` (the BasicUNet figures just before and just after it), so a machine that speeds
+    up or slows down over minutes shifts both sides of a ratio alike. BasicUNet's own row is the
+    mean of all its measurements (ratio 1 by definition); their spread is reported.
+    """
     results: dict[str, Any] = {"batch": cfg["batch"], "size": cfg["size"], "devices": {}}
     flops: dict[str, dict[str, float]] = {}
-    for name in model_zoo():
+    names = list(model_zoo())
+    for name in names:
         flops[name] = count_flops(name, cfg["size"])
         _log(f"flops {name}: {flops[name]}")
     results["flops_per_slice"] = flops
+    results["reference"] = REFERENCE
     for dev_key in devices:
         device = torch.device("cuda" if dev_key.startswith("cuda") else "cpu")
         amp = torch.bfloat16 if dev_key == "cuda-bf16" else None
+        peer_fmt, selection = _peer_formats(device, cfg, amp, dev_key)
+
+        args = (device, cfg, amp, peer_fmt, dev_key)
+        refs = [_measure(REFERENCE, *args)]
         per_model: dict[str, Any] = {}
-        for name in model_zoo():
-            formats = ("channels_last",) if name in ("paper", "small") else cfg["peer_formats"]
-            runs = []
-            for fmt in formats:
-                r = bench_model(name, device, cfg, fmt, amp)
-                _log(
-                    f"{dev_key} {name} [{fmt}]: train {r['train_slices_per_s']} sl/s, "
-                    f"infer {r['infer_slices_per_s']} sl/s"
-                )
-                runs.append(r)
-            best = max(runs, key=lambda r: r["train_slices_per_s"])
-            entry = {**best, "all_formats": runs}
+        for name in (n for n in names if n != REFERENCE):
+            entry = _measure(name, *args)
+            refs.append(_measure(REFERENCE, *args))
+            for k in ("train", "infer"):
+                ref = (refs[-2][f"{k}_slices_per_s"] + refs[-1][f"{k}_slices_per_s"]) / 2
+                entry[f"{k}_reference_slices_per_s"] = round(ref, 3)
+                entry[f"{k}_speedup_vs_{REFERENCE}"] = round(entry[f"{k}_slices_per_s"] / ref, 3)
+            per_model[name] = entry
+        ref_entry = dict(refs[-1])
+        for k in ("train", "infer"):
+            vals = [r[f"{k}_slices_per_s"] for r in refs]
+            ref_entry[f"{k}_slices_per_s"] = round(statistics.mean(vals), 3)
+            ref_entry[f"{k}_reference_slices_per_s"] = ref_entry[f"{k}_slices_per_s"]
+            ref_entry[f"{k}_speedup_vs_{REFERENCE}"] = 1.0
+            ref_entry[f"{k}_reference_all"] = vals
+        ref_entry.pop("train_step", None)
+        ref_entry.pop("infer_step", None)
+        ref_entry["reference_measurements"] = refs
+        per_model[REFERENCE] = ref_entry
+        per_model = {name: per_model[name] for name in names}  # table order
+        for name, entry in per_model.items():
             f = flops[name]
-            entry["infer_gflops"] = round(f["gflop_fwd"] * best["infer_slices_per_s"], 1)
-            entry["train_gflops"] = round(f["gflop_train"] * best["train_slices_per_s"], 1)
+            entry["infer_gflops"] = round(f["gflop_fwd"] * entry["infer_slices_per_s"], 1)
+            entry["train_gflops"] = round(f["gflop_train"] * entry["train_slices_per_s"], 1)
             mm = (peak.get(dev_key) or peak.get(device.type) or {}).get("gflops")
             if mm:
                 entry["infer_fraction_of_matmul"] = round(entry["infer_gflops"] / mm, 3)
                 entry["train_fraction_of_matmul"] = round(entry["train_gflops"] / mm, 3)
-            per_model[name] = entry
-        for entry in per_model.values():
-            for peer in ("monai_basicunet", "monai_unet"):
-                p = per_model[peer]
-                entry[f"train_speedup_vs_{peer}"] = round(
-                    entry["train_slices_per_s"] / p["train_slices_per_s"], 3
-                )
-                entry[f"infer_speedup_vs_{peer}"] = round(
-                    entry["infer_slices_per_s"] / p["infer_slices_per_s"], 3
+            # Plain ratio to MONAI UNet (not interleaved; for reference only).
+            unet = per_model["monai_unet"]
+            for k in ("train", "infer"):
+                entry[f"{k}_speedup_vs_monai_unet"] = round(
+                    entry[f"{k}_slices_per_s"] / unet[f"{k}_slices_per_s"], 3
                 )
         results["devices"][dev_key] = per_model
+        results.setdefault("peer_formats", {})[dev_key] = {
+            "chosen": peer_fmt,
+            "selection": selection,
+        }
     return results
 
 
@@ -366,10 +466,10 @@ _WRAPPER = (
 )
 
 
-def measured_run(cmd: list[str], tmp: Path) -> dict[str, Any]:
+def measured_run(cmd: list[str], tmp: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``cmd`` in a fresh process; ``{rc, wall_s, peak_rss_mb, user_s, sys_s, ...}``."""
     report = tmp / f"run_{time.monotonic_ns()}.json"
-    subprocess.run([sys.executable, "-c", _WRAPPER, str(report), *cmd], check=True)
+    subprocess.run([sys.executable, "-c", _WRAPPER, str(report), *cmd], check=True, env=env)
     res = json.loads(report.read_text())
     res["wall_s"] = round(res["wall_s"], 3)
     res["peak_rss_mb"] = round(res["peak_rss_mb"], 1)
@@ -381,8 +481,9 @@ def measured_run(cmd: list[str], tmp: Path) -> dict[str, Any]:
 def benchmark_checkpoint(tmp: Path) -> tuple[Path | str, str]:
     """The shipped model when present, else a random-init small-preset checkpoint (256 px)."""
     from covseg.checkpoint import pretrained_path, save_checkpoint
-    from covseg.config import PRESETS, to_dict
+    from covseg.config import PRESETS
     from covseg.errors import CheckpointError
+    from covseg.meta import CheckpointMeta
     from covseg.models import build_model
 
     try:
@@ -391,10 +492,7 @@ def benchmark_checkpoint(tmp: Path) -> tuple[Path | str, str]:
     except CheckpointError:
         pass
     torch.manual_seed(0)
-    meta = {
-        "model_config": to_dict(PRESETS["small"]),
-        "preprocessing": {"size": 256, "intensity": "auto"},
-    }
+    meta = CheckpointMeta(model_config=PRESETS["small"])
     path = save_checkpoint(tmp / "small_random.safetensors", build_model(PRESETS["small"]), meta)
     return path, "random-init small preset, 256 px (no shipped model found)"
 
@@ -417,37 +515,150 @@ def write_volume(shape: tuple[int, int, int], path: Path) -> None:
     nib.save(nib.Nifti1Image(vol, affine), str(path))
 
 
-def section_segment(cfg: dict, devices: list[str], tmp: Path) -> dict[str, Any]:
+# The reference of the segment target: MONAI BasicUNet (2-D defaults, eval, inference_mode)
+# forward passes over the scan's slice count at the model's input size, batch 8, in a fresh
+# process; only the forward loop is timed (after one untimed warm-up batch), once per memory
+# format. argv: out.json device slices size batch threads formats(comma-separated)
+_REFERENCE_FORWARD = """
+import json, sys, time
+out, dev, n, size, batch, threads, formats = sys.argv[1:8]
+n, size, batch, threads = int(n), int(size), int(batch), int(threads)
+import torch
+from monai.networks.nets import BasicUNet
+torch.set_num_threads(threads)
+device = torch.device(dev)
+sync = (lambda: torch.cuda.synchronize(device)) if device.type == 'cuda' else (lambda: None)
+torch.manual_seed(0)
+x = torch.rand(n, 1, size, size)
+res = {'threads': torch.get_num_threads(), 'forward_s': {}}
+for fmt in formats.split(','):
+    mf = torch.channels_last if fmt == 'channels_last' else torch.contiguous_format
+    net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=1)
+    net = net.to(device).eval().to(memory_format=mf)
+    with torch.inference_mode():
+        net(x[:batch].to(device).contiguous(memory_format=mf))
+        sync()
+        t = time.perf_counter()
+        for i in range(0, n, batch):
+            net(x[i:i + batch].to(device).contiguous(memory_format=mf))
+        sync()
+        res['forward_s'][fmt] = time.perf_counter() - t
+    del net
+json.dump(res, open(out, 'w'))
+"""
+
+
+def reference_forward(
+    dev: str, slices: int, size: int, batch: int, threads: int, formats: list[str], tmp: Path
+) -> dict[str, Any]:
+    """One fresh-process run of ``_REFERENCE_FORWARD``: forward seconds per memory format."""
+    report = tmp / f"ref_{time.monotonic_ns()}.json"
+    cmd = [sys.executable, "-c", _REFERENCE_FORWARD, str(report), dev, str(slices), str(size)]
+    cmd += [str(batch), str(threads), ",".join(formats)]
+    proc = measured_run(cmd, tmp, env=_child_env(threads))
+    if proc["rc"] != 0:
+        raise RuntimeError(f"reference forward failed: {proc.get('stderr_tail')}")
+    child = json.loads(report.read_text())
+    return {
+        "forward_s": {k: round(v, 3) for k, v in child["forward_s"].items()},
+        "threads": child["threads"],
+        "process_wall_s": proc["wall_s"],
+        "peak_rss_mb": proc["peak_rss_mb"],
+    }
+
+
+def _child_env(threads: int) -> dict[str, str]:
+    """The environment of the segment and reference processes: ``--threads`` threads, and
+    transparent huge pages as ``covseg segment`` sets them (``setdefault``: an explicit
+    ``THP_MEM_ALLOC_ENABLE`` in the environment applies to both)."""
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = str(threads)
+    env["MKL_NUM_THREADS"] = str(threads)
+    env.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    return env
+
+
+def _median_run(runs: list[dict[str, Any]], slices: int) -> dict[str, Any]:
+    """The median run by wall time; peak RSS is the largest of all runs, rc the worst."""
+    r = dict(sorted(runs, key=lambda x: x["wall_s"])[len(runs) // 2])
+    r["wall_s_all"] = [x["wall_s"] for x in runs]
+    r["peak_rss_mb"] = max(x["peak_rss_mb"] for x in runs)
+    r["rc"] = max(x["rc"] for x in runs)
+    r["slices_per_s"] = round(slices / r["wall_s"], 2)
+    return r
+
+
+def section_segment(
+    cfg: dict, devices: list[str], tmp: Path, threads: int, tta: bool
+) -> dict[str, Any]:
+    """``covseg segment`` (fresh processes) and its reference, BasicUNet's bare forward.
+
+    The plain runs alternate with the reference runs (segment, reference, segment, ...), so
+    both see the same machine; the ``--tta`` runs (optional) follow.
+    """
     shape = tuple(cfg["segment_shape"])
     vol = tmp / "scan.nii.gz"
     t0 = time.perf_counter()
     write_volume(shape, vol)  # type: ignore[arg-type]
     _log(f"segment: wrote {shape} in {time.perf_counter() - t0:.1f} s (not timed)")
     ckpt, ckpt_desc = benchmark_checkpoint(tmp)
+    ref_size, ref_batch = cfg["reference_size"], 8
     out: dict[str, Any] = {
         "shape": list(shape),
         "input_mb": round(vol.stat().st_size / 2**20, 1),
         "checkpoint": ckpt_desc,
+        "threads": threads,
         "runs": {},
+        "reference": {},
     }
+    env = _child_env(threads)
+    formats = list(cfg["reference_formats"])
     for dev in dict.fromkeys("cuda" if d.startswith("cuda") else "cpu" for d in devices):
-        for tta in (False, True):
-            key = f"{dev}{'_tta' if tta else ''}"
+        for use_tta in (False, True) if tta else (False,):
+            key = f"{dev}{'_tta' if use_tta else ''}"
             cmd = [sys.executable, "-m", "covseg", "segment", str(vol), "--out"]
             cmd += [str(tmp / f"seg_{key}"), "--checkpoint", str(ckpt), "--device", dev]
-            cmd += ["--tta"] if tta else []
-            runs = []
-            for _ in range(cfg["segment_runs"]):
+            cmd += ["--tta"] if use_tta else []
+            runs, refs = [], []
+            for i in range(cfg["segment_runs"]):
                 shutil.rmtree(tmp / f"seg_{key}", ignore_errors=True)
-                runs.append(measured_run(cmd, tmp))
+                runs.append(measured_run(cmd, tmp, env=env))
                 _log(f"segment {key}: {runs[-1]}")
-            # The median run by wall time; peak RSS is the largest of all runs.
-            r = dict(sorted(runs, key=lambda x: x["wall_s"])[len(runs) // 2])
-            r["wall_s_all"] = [x["wall_s"] for x in runs]
-            r["peak_rss_mb"] = max(x["peak_rss_mb"] for x in runs)
-            r["rc"] = max(x["rc"] for x in runs)
-            r["slices_per_s"] = round(shape[2] / r["wall_s"], 2)
-            out["runs"][key] = r
+                if not use_tta:
+                    # Alternate the order of the formats from run to run.
+                    order = formats if i % 2 == 0 else formats[::-1]
+                    refs.append(
+                        reference_forward(dev, shape[2], ref_size, ref_batch, threads, order, tmp)
+                    )
+                    _log(f"reference {dev}: {refs[-1]}")
+            out["runs"][key] = _median_run(runs, shape[2])
+            if refs:
+                per_fmt = {
+                    fmt: {
+                        "forward_s_all": [r["forward_s"][fmt] for r in refs],
+                        "median_s": round(statistics.median(r["forward_s"][fmt] for r in refs), 3),
+                    }
+                    for fmt in formats
+                }
+                best = min(formats, key=lambda f: per_fmt[f]["median_s"])
+                out["reference"][dev] = {
+                    "what": "MONAI BasicUNet (2-D defaults) forward passes only, eval, "
+                    "inference_mode, fresh process, 1 untimed warm-up batch",
+                    "slices": shape[2],
+                    "size": ref_size,
+                    "batch": ref_batch,
+                    "threads": refs[0]["threads"],
+                    "formats": per_fmt,
+                    "memory_format": best,
+                    "forward_s": per_fmt[best]["median_s"],
+                    "peak_rss_mb": max(r["peak_rss_mb"] for r in refs),
+                    "process_wall_s_all": [r["process_wall_s"] for r in refs],
+                }
+        ref = out["reference"].get(dev)
+        for key in (dev, f"{dev}_tta"):
+            if ref and key in out["runs"]:
+                r = out["runs"][key]
+                r["vs_reference"] = round(r["wall_s"] / ref["forward_s"], 3)
     return out
 
 
@@ -469,8 +680,8 @@ def section_profile(cfg: dict, device: torch.device, path: Path) -> dict[str, An
     from torch.profiler import ProfilerActivity, profile
 
     from covseg.config import PRESETS
-    from covseg.losses import BifurcatedLoss
     from covseg.models import build_model
+    from covseg.training.losses import BifurcatedLoss
 
     torch.manual_seed(0)
     model = build_model(PRESETS["small"]).to(device).train()
@@ -551,8 +762,8 @@ def markdown(res: dict[str, Any]) -> str:
                 f"**{dev}**",
                 "",
                 "| model | params | GFLOP/slice fwd | train sl/s | infer sl/s | infer GFLOP/s "
-                "| infer % of matmul | train × BasicUNet | train × MONAI UNet | infer × BasicUNet |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+                "| infer % of matmul | train × BasicUNet | infer × BasicUNet |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
             ]
             for name, e in per.items():
                 fr = e.get("infer_fraction_of_matmul")
@@ -561,11 +772,19 @@ def markdown(res: dict[str, Any]) -> str:
                     f"{mod['flops_per_slice'][name]['gflop_fwd']:.2f} | "
                     f"{e['train_slices_per_s']:.2f} | {e['infer_slices_per_s']:.2f} | "
                     f"{e['infer_gflops']:.1f} | {'-' if fr is None else f'{100 * fr:.0f} %'} | "
-                    f"{e['train_speedup_vs_monai_basicunet']:.2f} | "
-                    f"{e['train_speedup_vs_monai_unet']:.2f} | "
-                    f"{e['infer_speedup_vs_monai_basicunet']:.2f} |"
+                    f"{e[f'train_speedup_vs_{REFERENCE}']:.2f} | "
+                    f"{e[f'infer_speedup_vs_{REFERENCE}']:.2f} |"
                 )
-            lines.append("")
+            ref = per[REFERENCE]
+            tr, inf = ref["train_reference_all"], ref["infer_reference_all"]
+            lines += [
+                "",
+                f"× BasicUNet: the model's slices/s over the mean of the BasicUNet measurements "
+                f"just before and just after it (interleaved, {len(tr)} BasicUNet measurements: "
+                f"train {min(tr):.2f}–{max(tr):.2f}, infer {min(inf):.2f}–{max(inf):.2f} sl/s; "
+                f"its row is their mean).",
+                "",
+            ]
     seg = res.get("segment")
     if seg:
         lines += [
@@ -573,16 +792,31 @@ def markdown(res: dict[str, Any]) -> str:
             f"({seg['input_mb']} MB .nii.gz), checkpoint: {seg['checkpoint']}",
             "",
             "| run | exit | wall s (median) | all runs s | slices/s | peak RSS MB (max) "
-            "| CPU user s | CPU sys s |",
-            "|---|---:|---:|---|---:|---:|---:|---:|",
+            "| CPU user s | CPU sys s | × reference |",
+            "|---|---:|---:|---|---:|---:|---:|---:|---:|",
         ]
         for key, r in seg["runs"].items():
             runs = ", ".join(f"{w:.1f}" for w in r.get("wall_s_all", [r["wall_s"]]))
+            vs = r.get("vs_reference")
             lines.append(
                 f"| {key} | {r['rc']} | {r['wall_s']:.1f} | {runs} | {r['slices_per_s']:.2f} | "
-                f"{r['peak_rss_mb']:.0f} | {r['user_s']:.1f} | {r['sys_s']:.1f} |"
+                f"{r['peak_rss_mb']:.0f} | {r['user_s']:.1f} | {r['sys_s']:.1f} | "
+                f"{'-' if vs is None else f'{vs:.2f}'} |"
             )
         lines.append("")
+        for dev, ref in (seg.get("reference") or {}).items():
+            fmts = "; ".join(
+                f"{fmt} {f['median_s']:.2f} s ({', '.join(f'{t:.2f}' for t in f['forward_s_all'])})"
+                for fmt, f in ref["formats"].items()
+            )
+            lines += [
+                f"Reference ({dev}): MONAI BasicUNet forward passes only over {ref['slices']} "
+                f"slices of {ref['size']}², batch {ref['batch']}, {ref['threads']} threads, eval + "
+                f"inference_mode, fresh process per run, alternating with the segment runs; "
+                f"median: {fmts} -> **{ref['forward_s']:.2f} s** ({ref['memory_format']}); "
+                f"× reference = segment wall / this.",
+                "",
+            ]
     prep = res.get("prepare")
     if prep:
         lines += [
@@ -608,50 +842,70 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
-    """The project's targets with the measured figure and PASS/FAIL (n/a when not measured)."""
+    """The project's targets with the measured figure and PASS/FAIL (n/a when not measured, or
+    measured away from the conditions the target is defined at)."""
     out = []
-    seg = (res.get("segment") or {}).get("runs", {})
-    full_shape = res.get("segment", {}).get("shape") == [512, 512, 300]
-    for key in ("cpu", "cpu_tta"):
-        r = seg.get(key)
-        ok = (
-            None
-            if r is None or not full_shape
-            else (r["rc"] == 0 and r["wall_s"] <= TARGET_SEGMENT_S)
-        )
-        out.append(
-            {
-                "target": f"segment 512×512×300 {key} ≤ {TARGET_SEGMENT_S:.0f} s wall",
-                "measured": "-"
-                if r is None
-                else f"{r['wall_s']:.1f} s"
-                + ("" if full_shape else f" (quick volume {res['segment']['shape']})"),
-                "ok": ok,
-            }
-        )
-        ok = (
-            None
-            if r is None or not full_shape
-            else r["peak_rss_mb"] <= TARGET_SEGMENT_RSS_GB * 1024
-        )
-        out.append(
-            {
-                "target": f"segment 512×512×300 {key} ≤ {TARGET_SEGMENT_RSS_GB} GB peak RSS",
-                "measured": "-" if r is None else f"{r['peak_rss_mb'] / 1024:.2f} GB",
-                "ok": ok,
-            }
-        )
-    cpu = ((res.get("models") or {}).get("devices") or {}).get("cpu")
+    threads = res["machine"]["torch_threads"]
+    mod = res.get("models") or {}
+    cpu = (mod.get("devices") or {}).get("cpu")
+    at_conditions = (mod.get("size"), mod.get("batch"), threads) == tuple(
+        TARGET_CONDITIONS.values()
+    )
+    where = ", ".join(f"{k} {v}" for k, v in TARGET_CONDITIONS.items())
     if cpu:
-        s = cpu["small"]["train_speedup_vs_monai_basicunet"]
+        for k, verb in (("train", "trains"), ("infer", "infers")):
+            e = cpu.get("fast")
+            ratio = None if e is None else e[f"{k}_speedup_vs_{REFERENCE}"]
+            out.append(
+                {
+                    "target": f"fast {verb} ≥ {TARGET_FAST_VS_BASICUNET:g}× BasicUNet's slices/s "
+                    f"(cpu; {where})",
+                    "measured": "- (no fast preset)"
+                    if e is None
+                    else f"{ratio:.2f}× ({e[f'{k}_slices_per_s']:.2f} vs "
+                    f"{e[f'{k}_reference_slices_per_s']:.2f} sl/s)"
+                    + (
+                        ""
+                        if at_conditions
+                        else f" (at {mod['size']}², batch {mod['batch']}, {threads} threads)"
+                    ),
+                    "ok": None
+                    if ratio is None or not at_conditions
+                    else ratio >= TARGET_FAST_VS_BASICUNET,
+                }
+            )
+    seg = res.get("segment") or {}
+    full_shape = seg.get("shape") == [512, 512, 300]
+    r = (seg.get("runs") or {}).get("cpu")
+    ref = (seg.get("reference") or {}).get("cpu")
+    quick = "" if full_shape else f" (quick volume {seg.get('shape')})"
+    if seg:
+        vs = None if r is None else r.get("vs_reference")
         out.append(
             {
-                "target": f"small trains ≥ {TARGET_SMALL_VS_BASICUNET}× faster per slice than BasicUNet (cpu)",
-                "measured": f"{s:.2f}×",
-                "ok": s >= TARGET_SMALL_VS_BASICUNET,
+                "target": f"segment 512×512×300 wall ≤ {TARGET_SEGMENT_VS_REFERENCE}× the "
+                f"BasicUNet reference forward (cpu, {seg.get('threads')} threads)",
+                "measured": "-"
+                if vs is None or ref is None
+                else f"{vs:.2f}× ({r['wall_s']:.1f} s vs {ref['forward_s']:.1f} s){quick}",
+                "ok": None
+                if vs is None or not full_shape
+                else (r["rc"] == 0 and vs <= TARGET_SEGMENT_VS_REFERENCE),
             }
         )
+        out.append(
+            {
+                "target": f"segment 512×512×300 peak RSS ≤ {TARGET_SEGMENT_RSS_GB:g} GB (cpu)",
+                "measured": "-" if r is None else f"{r['peak_rss_mb'] / 1024:.2f} GB{quick}",
+                "ok": None
+                if r is None or not full_shape
+                else (r["rc"] == 0 and r["peak_rss_mb"] <= TARGET_SEGMENT_RSS_GB * 1024),
+            }
+        )
+    if cpu:
         for name in ("paper", "small"):
+            if name not in cpu:
+                continue
             fr = cpu[name].get("infer_fraction_of_matmul")
             out.append(
                 {
@@ -679,7 +933,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="cpu: CPU only; cuda: CPU plus CUDA columns; auto (default): cuda when available",
     )
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"subset of {','.join(SECTIONS)}")
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (all CPUs)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help="torch threads (default: all CPUs); also OMP_NUM_THREADS of the segment and "
+        "reference processes",
+    )
+    p.add_argument(
+        "--segment-tta",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time `covseg segment --tta` (default on; --no-segment-tta skips it)",
+    )
     return p.parse_args(argv)
 
 
@@ -691,7 +957,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown section(s) {unknown}; choose from {SECTIONS}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
-    torch.set_num_threads(max(1, args.threads))
+    args.threads = max(1, args.threads)
+    torch.set_num_threads(args.threads)
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     devices = ["cpu", "cuda", "cuda-bf16"] if cuda else ["cpu"]
     cfg = settings(args.quick)
@@ -709,7 +976,10 @@ def main(argv: list[str] | None = None) -> int:
     run_sections = [
         ("peak", lambda tmp: section_peak(cfg, devices)),
         ("models", lambda tmp: section_models(cfg, devices, res.get("peak") or {})),
-        ("segment", lambda tmp: section_segment(cfg, devices, tmp)),
+        (
+            "segment",
+            lambda tmp: section_segment(cfg, devices, tmp, args.threads, args.segment_tta),
+        ),
         ("prepare", lambda tmp: section_prepare(cfg, tmp)),
         (
             "profile",

@@ -10,7 +10,7 @@ import numpy as np
 
 from covseg.data.lungmask import derive_lung_mask
 from covseg.data.preprocess import detect_intensity_rule, normalize_intensity
-from covseg.metrics import confusion, dice
+from covseg.evaluation.metrics import confusion, dice
 
 root = Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/data/zenodo-lung5")
 for image_file in sorted(root.glob("*_image_slice_*.npy")):

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from covseg.checkpoint import save_checkpoint
-from covseg.config import PRESETS, to_dict
+from covseg.config import PRESETS, PostProcessing, Preprocessing
 from covseg.data.preprocess import normalize_intensity, resize_slices
 from covseg.data.synthetic import make_phantom
+from covseg.meta import CheckpointMeta
 from covseg.models import build_model
 
 TINY = PRESETS["small"].replace(
@@ -38,12 +39,11 @@ def save_tiny_checkpoint(path: Path, min_component: int = 2, lung_shift: float =
     with torch.no_grad():
         model.lung_head.bias -= torch.quantile(model(x).lung, 0.6) - lung_shift
         model.fusion.layers[-1].bias -= torch.quantile(model(x).infection, 0.8)
-    meta = {
-        "model_config": to_dict(TINY),
-        "preprocessing": {"size": SIZE, "intensity": "auto"},
-        "threshold": 0.5,
-        "min_component": min_component,
-    }
+    meta = CheckpointMeta(
+        model_config=TINY,
+        preprocessing=Preprocessing(size=SIZE, intensity="auto"),
+        postprocessing=PostProcessing(threshold=0.5, min_component=min_component),
+    )
     return save_checkpoint(path, model, meta)
 
 

@@ -16,8 +16,8 @@ from covseg.checkpoint import (
     save_checkpoint,
     save_train_state,
 )
-from covseg.config import to_dict
 from covseg.errors import CheckpointError
+from covseg.meta import CheckpointMeta
 from covseg.models import build_model
 
 
@@ -25,7 +25,7 @@ from covseg.models import build_model
 def saved(tmp_path):
     torch.manual_seed(0)
     model = build_model(TINY).eval()
-    path = save_checkpoint(tmp_path / "best.safetensors", model, {"model_config": to_dict(TINY)})
+    path = save_checkpoint(tmp_path / "best.safetensors", model, CheckpointMeta(model_config=TINY))
     return model, path
 
 
@@ -35,7 +35,10 @@ def test_round_trip_rebuilds_the_same_network(saved):
     x = torch.rand(2, 1, 33, 47)
     with torch.inference_mode():
         assert torch.equal(model(x).infection, loaded(x).infection)
-    assert meta["format"] == FORMAT and meta["threshold"] == 0.5 and not loaded.training
+    on_disk = json.loads(path.with_suffix(".json").read_text())
+    assert on_disk["format"] == FORMAT and on_disk["postprocessing"]["threshold"] == 0.5
+    assert meta.model_config == TINY and meta.postprocessing.threshold == 0.5
+    assert meta.sha256 == on_disk["sha256"] and not loaded.training
     # the JSON path and the stem work too
     load_checkpoint(path.with_suffix(".json"))
     load_checkpoint(path.with_suffix(""))

@@ -9,9 +9,9 @@ import pytest
 
 from _train_helpers import FAST, TINY, prepared_phantoms
 from covseg.cli import main
-from covseg.crossval import run_cv
 from covseg.errors import DataError
-from covseg.report import make_report
+from covseg.evaluation.crossval import run_cv
+from covseg.evaluation.report import make_report
 
 
 def _write_run(root, fold, rep, counts, cases, surface=None):
@@ -21,12 +21,21 @@ def _write_run(root, fold, rep, counts, cases, surface=None):
     payload = {
         "fold": fold,
         "repeat": rep,
+        "checkpoint": "best",
+        "postprocessing": {
+            "threshold": 0.5,
+            "min_component": 0,
+            "lung_threshold": 0.5,
+            "lung_margin_px": 2,
+        },
         "threshold": 0.5,
         "min_component": 0,
         "cases": cases,
         "counts": counts,
         "kinds": kinds,
         "surface": surface or {},
+        "resolution": dict.fromkeys(cases, "original"),
+        "per_slice_mean": {},
     }
     (d / "test_metrics.json").write_text(json.dumps(payload))
 
@@ -83,6 +92,28 @@ def test_report_of_an_empty_folder_is_a_clear_error(tmp_path, capsys):
     assert "no fold*_rep*" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "not json",
+        "[1, 2]",
+        '{"cases": ["a"]}',
+        '{"cases": ["a"], "counts": [[1, 2, 3]]}',
+        '{"cases": ["a", "b"], "counts": [[1, 0, 0, 9]]}',
+        '{"cases": ["a"], "counts": [[1, -1, 0, 9]]}',
+    ],
+)
+def test_report_of_a_damaged_run_is_a_clear_error(tmp_path, capsys, damage):
+    _write_run(tmp_path, 0, 0, [[8, 2, 0, 90]], ["a"])
+    (tmp_path / "fold1_rep0").mkdir()
+    (tmp_path / "fold1_rep0" / "test_metrics.json").write_text(damage)
+    with pytest.raises(DataError, match=r"fold1_rep0.test_metrics\.json"):
+        make_report(tmp_path, panels=False)
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fold1_rep0" in err[0], err
+
+
 def test_cv_runs_every_fold_then_skips_finished_runs(tmp_path, caplog):
     data = prepared_phantoms(tmp_path, cases=4, slices=3, size=32)
     cv = tmp_path / "cv"
@@ -91,6 +122,15 @@ def test_cv_runs_every_fold_then_skips_finished_runs(tmp_path, caplog):
     splits = json.loads((cv / "splits.json").read_text())["folds"]
     for k, r in enumerate(runs):
         m = json.loads((r / "test_metrics.json").read_text())
+        assert set(m) == {
+            "fold", "repeat", "checkpoint", "postprocessing", "threshold", "min_component",
+            "cases", "counts", "kinds", "surface", "resolution", "per_slice_mean",
+        }  # fmt: skip
+        assert (m["fold"], m["repeat"], m["checkpoint"]) == (k, 0, "best")
+        best = json.loads((r / "best.json").read_text())["postprocessing"]
+        assert m["postprocessing"] == best and m["threshold"] == best["threshold"]
+        # scored as `segment` writes the masks: the original volumes at their own resolution
+        assert set(m["resolution"].values()) == {"original"}
         assert sorted(set(m["cases"])) == splits[k]["test"]  # each run tests its own fold
         assert len(m["counts"]) == 3 * len(splits[k]["test"])
         assert set(m["surface"]) == set(splits[k]["test"])  # volume data: surface metrics
@@ -99,6 +139,9 @@ def test_cv_runs_every_fold_then_skips_finished_runs(tmp_path, caplog):
     run_cv(data, cv, TINY, FAST.replace(epochs=1), folds=2, repeats=1, fold=0, repeat=0)
     assert (runs[0] / "best.safetensors").stat().st_mtime_ns == mtime
     assert "finished, skipping" in caplog.text
+    with np.load(runs[0] / "panels.npz") as panels:
+        assert panels["image"].shape[1:] == panels["pred"].shape[1:] == (256, 256)
+        assert panels["truth"].shape == panels["pred"].shape
     out = make_report(cv)
     assert set(out["tables"]) == {"per_slice_mean", "per_volume_mean", "pooled"}
     assert (cv / "panels.png").stat().st_size > 1000

@@ -10,16 +10,19 @@ import torch
 from PIL import Image as PILImage
 
 from _train_helpers import TINY
-from covseg.checkpoint import save_checkpoint
+from covseg.checkpoint import read_meta, save_checkpoint
 from covseg.cli import main
-from covseg.config import to_dict
-from covseg.data.io import natural_key
+from covseg.config import Preprocessing
+from covseg.data.dataset import PreparedDataset
+from covseg.data.io import natural_key, read_image
 from covseg.data.prepare import prepare
-from covseg.data.preprocess import resize_back
-from covseg.data.synthetic import write_synthetic_dataset
-from covseg.evaluate import evaluate
-from covseg.inference import predict_slices
-from covseg.metrics import ConfusionAccumulator
+from covseg.data.preprocess import normalize_intensity, resize_slices
+from covseg.data.synthetic import make_phantom, write_synthetic_dataset
+from covseg.evaluation.evaluate import evaluate
+from covseg.evaluation.metrics import ConfusionAccumulator
+from covseg.inference.predict import predict_probabilities
+from covseg.inference.segmenter import Segmenter
+from covseg.meta import CheckpointMeta
 from covseg.models import build_model
 
 KEYS = {"dice", "iou", "ppv", "sensitivity", "specificity"}
@@ -29,19 +32,31 @@ KEYS = {"dice", "iou", "ppv", "sensitivity", "specificity"}
 def ckpt(tmp_path):
     torch.manual_seed(0)
     model = build_model(TINY).eval()
-    meta = {"model_config": to_dict(TINY), "preprocessing": {"size": 32, "intensity": "auto"}}
+    # shift the lung head so that an untrained model finds some lung (about half of a phantom's
+    # pixels): the infection is restricted to the lungs, and no lung would mean no infection
+    hu = make_phantom(0, (32, 32, 4))[0].transpose(2, 1, 0)
+    x = torch.from_numpy(resize_slices(normalize_intensity(hu, "hu"), 32, mask=False))[:, None]
+    with torch.no_grad():
+        model.lung_head.bias -= torch.quantile(model(x).lung, 0.5)
+    meta = CheckpointMeta(model_config=TINY, preprocessing=Preprocessing(size=32))
     return save_checkpoint(tmp_path / "ckpt" / "best.safetensors", model, meta), model
 
 
-def test_predict_slices_restores_mode_and_flips(ckpt):
+def test_predict_probabilities_restores_mode_and_flips(ckpt):
     _, model = ckpt
     model.train()
     x = np.random.default_rng(0).random((3, 32, 32), dtype=np.float32)
-    p = predict_slices(model, x, batch_size=2)
-    assert p.shape == (3, 32, 32) and p.dtype == np.float32 and model.training
-    assert ((p >= 0) & (p <= 1)).all()
-    p2 = predict_slices(model, x[0], tta=True)
-    assert p2.shape == (32, 32)
+    p = predict_probabilities(model, x, batch_size=2)
+    assert p.infection.shape == p.lung.shape == (3, 32, 32) and model.training
+    assert p.infection.dtype == np.float32
+    assert ((p.infection >= 0) & (p.infection <= 1)).all()
+    # TTA averages with the predictions of the flipped slices, flipped back
+    p2 = predict_probabilities(model, x[:1], tta=True)
+    flipped = predict_probabilities(model, x[:1, :, ::-1].copy()).infection[:, :, ::-1]
+    assert p2.infection.shape == (1, 32, 32)
+    np.testing.assert_allclose(p2.infection, 0.5 * (p.infection[:1] + flipped), atol=1e-5)
+    with pytest.raises(ValueError, match="N, S, S"):  # one slice is (1, S, S), no squeezing
+        predict_probabilities(model, x[0])
 
 
 def test_raw_slices_folder_at_original_resolution(tmp_path, ckpt):
@@ -50,22 +65,30 @@ def test_raw_slices_folder_at_original_resolution(tmp_path, ckpt):
     # a threshold near the untrained model's median probability gives non-trivial masks
     imgs = sorted((raw / "images").iterdir(), key=lambda p: natural_key(p.name))
     prepared = prepare(raw, tmp_path / "prep", size=32)
-    from covseg.data.dataset import PreparedDataset
-
     ds = PreparedDataset(prepared)
-    probs = np.concatenate([predict_slices(model, ds.load(c)["image"]) for c in ds.case_ids])
+    probs = np.concatenate(
+        [predict_probabilities(model, ds.load(c)["image"]).infection for c in ds.case_ids]
+    )
     thr = float(np.median(probs))
     result = evaluate(path, raw, tmp_path / "m.json", threshold=thr, device="cpu")
-    # by hand: predictions resized back to 48 x 48, against the original PNG masks
+    # by hand: each original 48 x 48 PNG segmented as `covseg segment` does (the checkpoint's
+    # pre- and post-processing, lung restriction included), against the original PNG masks
+    meta = read_meta(path)
+    meta = meta.replace(postprocessing=meta.postprocessing.replace(threshold=thr))
+    seg = Segmenter(model, meta, device="cpu")
     acc = ConfusionAccumulator()
     for cid in ds.case_ids:
-        p = resize_back(predict_slices(model, ds.load(cid)["image"]), (48, 48), mask=False)
+        pred = seg.predict_image(read_image(raw / "images" / f"{cid}.png")).infection
         truth = np.asarray(PILImage.open(raw / "masks" / f"{cid}.png")) > 0
-        acc.add(p >= thr, truth[None], case=cid)
+        assert pred.shape == truth.shape == (48, 48)
+        acc.add(pred[None].astype(bool), truth[None], case=cid)
     assert result["n_items"] == len(imgs) == 6
+    assert result["threshold"] == pytest.approx(thr)
     assert result["per_slice_mean"] == pytest.approx(acc.aggregate("per_slice_mean"))
     assert result["pooled"] == pytest.approx(acc.aggregate("pooled"))
     assert acc.counts[0].sum() == 48 * 48  # counted at the original resolution
+    tp_fp = np.asarray(acc.counts)[:, :2].sum()
+    assert 0 < tp_fp < 6 * 48 * 48  # non-trivial masks: the comparison means something
     written = json.loads((tmp_path / "m.json").read_text())
     assert set(written) == {"n_items", "threshold", "per_slice_mean", "pooled"}
     assert set(written["per_slice_mean"]) == KEYS
@@ -109,13 +132,24 @@ def test_zenodo_volumes_and_cli(tmp_path, ckpt, capsys):
     assert r2["per_slice_mean"] == pytest.approx(r["per_slice_mean"])
 
 
-def test_pretrained_missing_and_bad_checkpoint_exit_2(tmp_path, capsys):
+def test_pretrained_missing_and_bad_checkpoint_exit_2(tmp_path, capsys, monkeypatch, ckpt):
     import covseg.checkpoint as ck
 
-    if (
-        ck.__file__
-        and (__import__("pathlib").Path(ck.__file__).parent / "pretrained" / "model.json").exists()
-    ):
-        pytest.skip("a pretrained model is shipped")
-    assert main(["evaluate", "--checkpoint", "pretrained", "--data", str(tmp_path)]) == 2
-    assert "no pretrained model is shipped" in capsys.readouterr().err
+    raw = write_synthetic_dataset(tmp_path / "raw", "slices", cases=1, slices=2, size=32)
+    # an install without the shipped model: pretrained_path() looks next to checkpoint.py
+    with monkeypatch.context() as m:
+        m.setattr(ck, "__file__", str(tmp_path / "install" / "checkpoint.py"))
+        assert main(["evaluate", "--checkpoint", "pretrained", "--data", str(raw)]) == 2
+        assert "no pretrained model is shipped" in capsys.readouterr().err
+    # a checkpoint whose weights were modified, and one that does not exist
+    path, _ = ckpt
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    for bad, needle in [(path, "sha256"), (tmp_path / "nope.safetensors", "missing")]:
+        out = tmp_path / "e.json"
+        argv = ["evaluate", "--checkpoint", str(bad), "--data", str(raw), "--json", str(out)]
+        assert main([*argv, "--device", "cpu"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+        assert not out.exists()

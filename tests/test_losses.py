@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from covseg.losses import BifurcatedLoss, soft_dice_loss
 from covseg.models import SegOutput
+from covseg.training.losses import BifurcatedLoss, soft_dice_loss
 
 
 def _bce(logit: float, y: float) -> float:

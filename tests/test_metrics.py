@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from covseg.metrics import (
+from covseg.evaluation.metrics import (
     ConfusionAccumulator,
     aggregate,
     confusion,
@@ -66,7 +66,7 @@ def test_aggregation_modes():
 
 
 def test_surface_metrics_known_shift():
-    from covseg.metrics import surface_metrics
+    from covseg.evaluation.metrics import surface_metrics
 
     a = np.zeros((20, 20, 20), bool)
     a[5:15, 5:15, 5:15] = True

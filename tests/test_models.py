@@ -1,15 +1,17 @@
 from __future__ import annotations
 
+import copy
 import json
+import warnings
 
 import pytest
 import torch
 
 from covseg.cli import main
 from covseg.config import PRESETS, ModelConfig, from_dict, to_dict
-from covseg.losses import BifurcatedLoss
-from covseg.metrics import dice
+from covseg.evaluation.metrics import dice
 from covseg.models import InceptionBlock, SegOutput, build_model, count_parameters
+from covseg.training.losses import BifurcatedLoss
 
 # A narrow config that keeps every structural feature, for fast tests.
 TINY = PRESETS["small"].replace(
@@ -18,12 +20,22 @@ TINY = PRESETS["small"].replace(
     infection_decoder_channels=(8, 8, 12, 16, 20),
     fusion_channels=(8, 8, 4),
 )
+# The same widths with the fast preset's structure (stem, half-resolution levels, refinement).
+FAST_TINY = PRESETS["fast"].replace(
+    encoder_channels=(8, 12, 16, 20, 24),
+    lung_decoder_channels=(4, 8, 8, 12, 16),
+    infection_decoder_channels=(8, 8, 12, 16, 20),
+    fusion_channels=(8, 8, 4),
+    refine_channels=4,
+)
+CONFIGS = {"tiny": TINY, "fast_tiny": FAST_TINY}
 
 
+@pytest.mark.parametrize("cfg", sorted(CONFIGS))
 @pytest.mark.parametrize("shape", [(2, 1, 33, 47), (1, 1, 64, 64), (3, 1, 17, 80)])
 @pytest.mark.parametrize("model", ["bifurcated", "unet"])
-def test_output_shapes_odd_sizes(shape, model):
-    net = build_model(TINY.replace(model=model)).eval()
+def test_output_shapes_odd_sizes(shape, model, cfg):
+    net = build_model(CONFIGS[cfg].replace(model=model)).eval()
     with torch.no_grad():
         out = net(torch.randn(shape))
     assert isinstance(out, SegOutput)
@@ -34,9 +46,10 @@ def test_output_shapes_odd_sizes(shape, model):
         assert out.lung is None and out.infection_aux is None
 
 
+@pytest.mark.parametrize("cfg", sorted(CONFIGS))
 @pytest.mark.parametrize("gate", ["binary", "soft", "none"])
-def test_gradients_reach_all_heads_and_encoder(gate):
-    net = build_model(TINY.replace(lung_gate=gate))
+def test_gradients_reach_all_heads_and_encoder(gate, cfg):
+    net = build_model(CONFIGS[cfg].replace(lung_gate=gate))
     x = torch.randn(2, 1, 32, 32)
     target = (torch.rand(2, 1, 32, 32) > 0.5).float()
     terms = BifurcatedLoss()(net(x), target, target)
@@ -55,9 +68,10 @@ def test_gradients_reach_all_heads_and_encoder(gate):
         assert sum(float(g.abs().sum()) for g in grads) > 0, name
 
 
-def test_binary_gate_passes_fusion_gradient_to_lung_decoder():
+@pytest.mark.parametrize("cfg", sorted(CONFIGS))
+def test_binary_gate_passes_fusion_gradient_to_lung_decoder(cfg):
     """Straight-through gating: the final-head loss alone still trains the lung decoder."""
-    net = build_model(TINY.replace(lung_gate="binary"))
+    net = build_model(CONFIGS[cfg].replace(lung_gate="binary"))
     out = net(torch.randn(2, 1, 32, 32))
     out.infection.sum().backward()
     assert any(float(p.grad.abs().sum()) > 0 for p in net.lung_decoder.parameters())
@@ -167,14 +181,15 @@ def test_separable_max_pool_equals_max_pool_in_both_paths(shape):
     assert xg.grad is not None and xg.grad.sum() > 0
 
 
-def test_fold_batchnorm_keeps_outputs():
+@pytest.mark.parametrize("cfg", sorted(CONFIGS))
+def test_fold_batchnorm_keeps_outputs(cfg):
     """Folding BN into the convolutions (inference) changes outputs only by rounding."""
     import copy
 
     from covseg.models.blocks import fold_batchnorm
 
     torch.manual_seed(0)
-    net = build_model(TINY).train()
+    net = build_model(CONFIGS[cfg]).train()
     with torch.no_grad():  # non-trivial running statistics
         for _ in range(5):
             net(torch.rand(2, 1, 48, 48) * 3 + 1)
@@ -186,7 +201,7 @@ def test_fold_batchnorm_keeps_outputs():
         for a, b in zip(net(x), folded(x), strict=True):
             assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="eval-mode"):
-        fold_batchnorm(build_model(TINY).train())
+        fold_batchnorm(build_model(CONFIGS[cfg]).train())
 
 
 def test_one_channel_tensors_keep_cat_channels_last():
@@ -198,3 +213,155 @@ def test_one_channel_tensors_keep_cat_channels_last():
     out = torch.cat([one, many], dim=1)
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(out[:, :1], one)
+
+
+@pytest.mark.parametrize("separable", [False, True])
+@pytest.mark.parametrize("factorize", [False, True])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_fold_batchnorm_conv_variants_to_1e5(separable, factorize, stride):
+    """Every ConvBNReLU layout (separable, factorised, strided) folds to 1e-5."""
+    from covseg.models.blocks import ConvBNReLU, fold_batchnorm
+
+    torch.manual_seed(0)
+    block = ConvBNReLU(6, 5, 5, 2, factorize=factorize, separable=separable, stride=stride)
+    with torch.no_grad():
+        for _ in range(5):
+            block(torch.randn(2, 6, 19, 23) * 2 + 1)
+    block.eval()
+    x = torch.randn(2, 6, 19, 23) * 2 + 1
+    with torch.inference_mode():
+        ref = block(x)
+        folded = fold_batchnorm(copy.deepcopy(block))(x)
+    assert ref.shape == (2, 5, -(-19 // stride), -(-23 // stride))
+    assert torch.allclose(ref, folded, atol=1e-5, rtol=1e-5)
+
+
+def test_small_and_paper_state_dicts_unchanged_by_new_fields():
+    """The fast preset's fields default to today's networks: the shipped checkpoint loads."""
+    from pathlib import Path
+
+    from covseg.checkpoint import load_checkpoint
+
+    weights = Path(__file__).parents[1] / "src/covseg/pretrained/model.safetensors"
+    if not weights.exists():
+        pytest.skip("no shipped checkpoint")
+    model, _ = load_checkpoint(weights)  # strict=True inside
+    expected = build_model(PRESETS["small"]).state_dict()
+    got = model.state_dict()
+    assert list(got) == list(expected)
+    assert all(got[k].shape == expected[k].shape for k in got)
+
+
+def test_fast_preset_structure_and_size():
+    """Nothing heavy at full resolution: the stem reduces the input before any inception block."""
+    cfg = PRESETS["fast"]
+    assert cfg.stem != "none"
+    net = build_model(cfg)
+    assert count_parameters(net) <= 2_000_000
+    assert net.divisor == 64
+    seen = {}
+
+    def record(name):
+        def hook(_m, _i, out):
+            seen[name] = out.shape[-1]
+
+        return hook
+
+    for name, m in net.named_modules():
+        if isinstance(m, InceptionBlock):
+            m.register_forward_hook(record(name))
+    with torch.no_grad():
+        out = net.eval()(torch.zeros(1, 1, 64, 64))
+    assert len(seen) == 4 and max(seen.values()) == 16  # encoder, 2 decoders, fusion at H/4
+    assert all(t.shape == (1, 1, 64, 64) for t in out)
+
+
+@pytest.mark.parametrize("model", ["bifurcated", "unet"])
+def test_fast_receptive_field_reaches_40_px(model):
+    """The final infection logit at the centre depends on pixels >= 40 px away."""
+    net = build_model(FAST_TINY.replace(model=model, dropout=0.0)).eval()
+    for m in net.modules():  # a positive BN shift keeps every ReLU passing gradient
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.constant_(m.bias, 10.0)
+    x = torch.rand(1, 1, 128, 128, requires_grad=True)
+    net(x).infection[0, 0, 64, 64].backward()
+    ys, xs = (x.grad[0, 0].abs() > 0).nonzero(as_tuple=True)
+    reach = int(torch.maximum((ys - 64).abs(), (xs - 64).abs()).max())
+    assert reach >= 40
+
+
+def test_fast_model_info_json(capsys):
+    assert main(["model-info", "--preset", "fast", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["preset"] == "fast" and info["params"] == count_parameters(
+        build_model(PRESETS["fast"])
+    )
+    assert info["outputs"] == {k: [1, 1, 256, 256] for k in ("lung", "infection_aux", "infection")}
+
+
+def test_fast_overfits_one_synthetic_slice():
+    """The half-resolution network with its full-resolution refinement still learns a slice."""
+    from covseg.data.preprocess import normalize_intensity
+    from covseg.data.synthetic import make_phantom
+
+    torch.manual_seed(0)
+    hu, lung, inf = make_phantom(seed=3, shape=(128, 128, 8))  # 32 x 32 at H/4
+    k = int(inf.reshape(-1, 8).sum(0).argmax())
+    x = torch.from_numpy(normalize_intensity(hu[..., k], "hu"))[None, None].float()
+    y_lung = torch.from_numpy(lung[..., k] > 0)[None, None].float()
+    y_inf = torch.from_numpy(inf[..., k] > 0)[None, None].float()
+    net = build_model(FAST_TINY)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    loss_fn = BifurcatedLoss()
+    for _ in range(150):
+        opt.zero_grad()
+        loss_fn(net(x), y_lung, y_inf).total.backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        pred = net(x).infection > 0
+    d = float(dice(*[int(c) for c in _counts(pred, y_inf > 0)]))
+    assert d > 0.9
+
+
+def test_fast_onnx_export_matches_torch(tmp_path):
+    """The stem (space-to-depth), bilinear up-sampling and refinement export to ONNX."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import numpy as np
+
+    from covseg.models.blocks import fold_batchnorm
+
+    class Heads(torch.nn.Module):  # as covseg's exporter wraps the model: a tuple of 3 heads
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return tuple(self.net(x))
+
+    torch.manual_seed(0)
+    wrapped = Heads(fold_batchnorm(build_model(FAST_TINY).eval())).eval()
+    path = tmp_path / "fast.onnx"
+    names = ["lung", "infection_aux", "infection"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            wrapped,
+            (torch.zeros(2, 1, 64, 64),),
+            str(path),
+            input_names=["image"],
+            output_names=names,
+            dynamic_axes={n: {0: "batch"} for n in ("image", *names)},
+            opset_version=17,
+            dynamo=False,
+        )
+    x = np.random.default_rng(0).random((3, 1, 64, 64), dtype=np.float32)
+    with torch.inference_mode():
+        ref = wrapped(torch.from_numpy(x))
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"image": x}
+    )
+    for a, b in zip(got, ref, strict=True):
+        assert a.shape == (3, 1, 64, 64)
+        assert np.abs(a - b.numpy()).max() < 1e-3

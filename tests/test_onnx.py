@@ -10,6 +10,7 @@ import torch
 
 from covseg.checkpoint import load_checkpoint
 from covseg.cli import main
+from covseg.config import to_dict
 from segment_tiny import SIZE, save_tiny_checkpoint
 
 ort = pytest.importorskip("onnxruntime")
@@ -43,7 +44,8 @@ def test_onnx_matches_torch(tmp_path, capsys):
         assert np.abs(got[name] - expected).max() < 1e-3, name
 
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
-    assert props["sha256"] == meta["sha256"]
+    assert props["sha256"] == meta.sha256
+    assert json.loads(props["postprocessing"]) == to_dict(meta.postprocessing)
     assert json.loads(props["preprocessing"])["size"] == SIZE
 
 

@@ -30,9 +30,10 @@ import covseg.checkpoint as ck
 from _train_helpers import FAST, TINY, prepared_phantoms
 from covseg.checkpoint import load_checkpoint, save_checkpoint
 from covseg.cli import main
-from covseg.config import to_dict
+from covseg.config import PostProcessing
+from covseg.meta import CheckpointMeta
 from covseg.models import build_model
-from covseg.train import train
+from covseg.training.loop import train
 
 
 class Crash(Exception):
@@ -54,10 +55,11 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 # ------------------------------------------------------------------------- atomic saves
+META = CheckpointMeta(model_config=TINY)
+
+
 def test_crash_while_writing_weights_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    path = save_checkpoint(
-        tmp_path / "best.safetensors", _model(0), {"model_config": to_dict(TINY)}
-    )
+    path = save_checkpoint(tmp_path / "best.safetensors", _model(0), META)
 
     def half_written(tensors, filename, *args, **kwargs):
         Path(filename).write_bytes(b"\0" * 1000)  # a partial temp file, then the "kill"
@@ -65,47 +67,55 @@ def test_crash_while_writing_weights_keeps_the_previous_checkpoint(tmp_path, mon
 
     monkeypatch.setattr(ck, "save_file", half_written)
     with pytest.raises(Crash):
-        save_checkpoint(path, _model(1), {"model_config": to_dict(TINY)})
+        save_checkpoint(path, _model(1), META)
     monkeypatch.undo()
     loaded, _ = load_checkpoint(path)  # hash verified
     assert _same_weights(loaded, _model(0)) and _temp_files(tmp_path) == []
 
 
 def test_crash_while_writing_json_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    path = save_checkpoint(
-        tmp_path / "best.safetensors", _model(0), {"model_config": to_dict(TINY)}
-    )
-    real_dump = json.dump
+    path = save_checkpoint(tmp_path / "best.safetensors", _model(0), META)
+    real_write_text = Path.write_text
 
-    def half_dump(obj, f, **kw):
-        f.write('{"format": 1, "trunc')
-        raise Crash
+    def half_written(self, data, *args, **kwargs):
+        if self.name.startswith(".best.json"):  # the temporary file of best.json
+            real_write_text(self, data[:20], *args, **kwargs)  # a partial file, then the "kill"
+            raise Crash
+        return real_write_text(self, data, *args, **kwargs)
 
-    monkeypatch.setattr(json, "dump", half_dump)
+    monkeypatch.setattr(Path, "write_text", half_written)
     with pytest.raises(Crash):
-        ck.update_meta(path, threshold=0.3)
-    monkeypatch.setattr(json, "dump", real_dump)
+        ck.update_meta(path, postprocessing=PostProcessing(threshold=0.3))
+    monkeypatch.undo()
     _, meta = load_checkpoint(path)
-    assert meta["threshold"] == 0.5
+    assert meta.postprocessing.threshold == 0.5
     assert _temp_files(tmp_path) == [], "a crashed JSON write leaves its temporary file behind"
 
 
-def test_crash_between_weights_and_json_keeps_a_loadable_checkpoint(tmp_path, monkeypatch):
-    """The weights file is renamed into place before its JSON: a kill in between must not leave
-    a JSON whose sha256 names other weights (the checkpoint would be refused for good)."""
-    path = save_checkpoint(
-        tmp_path / "best.safetensors", _model(0), {"model_config": to_dict(TINY)}
-    )
+@pytest.mark.parametrize("kill_at", [0, 1])
+def test_crash_between_weights_and_json_keeps_a_loadable_checkpoint(tmp_path, monkeypatch, kill_at):
+    """The weights file is renamed into place between two JSON writes (the first holds the new
+    and the previous record, the second the new alone): a kill at either must not leave a JSON
+    whose sha256 names other weights (the checkpoint would be refused for good)."""
+    path = save_checkpoint(tmp_path / "best.safetensors", _model(0), META)
+    real_write_json = ck.write_json
+    calls: list[Path] = []
 
-    def killed(*args, **kwargs):
-        raise Crash
+    def killed(target, *args, **kwargs):
+        calls.append(Path(target))
+        if len(calls) > kill_at:
+            raise Crash
+        return real_write_json(target, *args, **kwargs)
 
-    monkeypatch.setattr(ck, "_write_json", killed)
+    monkeypatch.setattr(ck, "write_json", killed)
     with pytest.raises(Crash):
-        save_checkpoint(path, _model(1), {"model_config": to_dict(TINY)})
+        save_checkpoint(path, _model(1), META)
     monkeypatch.undo()
-    loaded, _ = load_checkpoint(path)  # either the old or the new weights, but loadable
-    assert _same_weights(loaded, _model(0)) or _same_weights(loaded, _model(1))
+    assert calls[-1] == path.with_suffix(".json")
+    loaded, meta = load_checkpoint(path)  # either the old or the new weights, but loadable
+    old, new = _same_weights(loaded, _model(0)), _same_weights(loaded, _model(1))
+    assert old if kill_at == 0 else new  # before the rename: old weights; after: the new ones
+    assert meta.sha256 == ck._sha256(path) and _temp_files(tmp_path) == []
 
 
 _SAVE_LOOP = """
@@ -113,7 +123,7 @@ import sys, torch
 sys.path.insert(0, {tests!r})
 from _train_helpers import TINY
 from covseg.checkpoint import save_checkpoint
-from covseg.config import to_dict
+from covseg.meta import CheckpointMeta
 from covseg.models import build_model
 torch.manual_seed(0)
 model = build_model(TINY)
@@ -123,7 +133,7 @@ while True:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
-    save_checkpoint({path!r}, model, {{"model_config": to_dict(TINY), "i": i}})
+    save_checkpoint({path!r}, model, CheckpointMeta(model_config=TINY, metrics={{"i": i}}))
     i += 1
 """
 
@@ -144,11 +154,14 @@ def test_sigkill_during_a_save_loop_leaves_a_loadable_checkpoint(tmp_path, delay
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     _, meta = load_checkpoint(path)
-    assert meta["i"] >= 0
+    assert meta.metrics["i"] >= 0
 
 
 # ---------------------------------------------------------------- training runs that die
 CFG = FAST.replace(epochs=3, threshold_search=False)
+#: File operations of one epoch's ``last*`` save (tensors write, JSON with the previous record,
+#: rename, final JSON, for ``last_state`` and ``last``); every one is a kill point below.
+SAVE_OPS = 12
 
 
 class KillPoints:
@@ -159,7 +172,7 @@ class KillPoints:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, kill_at: int | None = None) -> None:
         self.events: list[str] = []
         self.kill_at = kill_at
-        for name in ("_write_json", "_write_tensors"):
+        for name in ("write_json", "_write_tensors"):
             monkeypatch.setattr(ck, name, self._wrap(getattr(ck, name), name))
         monkeypatch.setattr(ck.os, "replace", self._wrap(os.replace, "replace", dest_arg=1))
 
@@ -197,8 +210,7 @@ def straight_run(tmp_path_factory) -> tuple[Path, Path, int, list[str]]:
 
 def _kill_and_resume(straight_run, tmp_path, monkeypatch, k: int) -> None:
     data, straight, first, epoch2 = straight_run
-    if k >= len(epoch2):
-        pytest.skip(f"an epoch's save has {len(epoch2)} file operations")
+    assert k < len(epoch2) == SAVE_OPS, epoch2
     points = KillPoints(monkeypatch, kill_at=first + k)
     with pytest.raises(Crash):
         train(TINY, CFG, data, tmp_path / "killed")
@@ -226,12 +238,14 @@ def test_training_killed_between_state_tensors_rename_and_json_resumes_exactly(
     yet written: the old JSON (epoch-1 counters, RNG, scheduler) must not be paired with the new
     tensors (epoch-2 weights and Adam moments)."""
     epoch2 = straight_run[3]
+    # the kill points tested below are all of them (a new file operation needs a new one)
+    assert len(epoch2) == SAVE_OPS, epoch2
     k = epoch2.index("replace(last_state.safetensors)") + 1
     _kill_and_resume(straight_run, tmp_path, monkeypatch, k)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("k", range(16))
+@pytest.mark.parametrize("k", range(SAVE_OPS))
 def test_training_killed_at_every_point_of_its_save_can_resume(
     k, straight_run, tmp_path, monkeypatch
 ):
@@ -297,8 +311,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
             torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=f"{stem}: {k}")
     meta_a = json.loads((tmp_path / "straight" / "best.json").read_text())
     meta_b = json.loads((run / "best.json").read_text())
-    assert meta_a["threshold"] == meta_b["threshold"]
-    assert meta_a["min_component"] == meta_b["min_component"]
+    assert meta_a["postprocessing"] == meta_b["postprocessing"]
     assert [ln.split(",")[0] for ln in (run / "log.csv").read_text().splitlines()[1:]] == [
         str(e) for e in range(1, epochs + 1)
     ]

@@ -13,10 +13,11 @@ import pytest
 from PIL import Image as PILImage
 
 from _dicom import hu_to_stored, write_dicom_series
+from covseg.data.geometry import slices_to_volume, volume_to_slices
 from covseg.data.io import Image, read_image
-from covseg.data.preprocess import slices_to_volume, volume_to_slices
 from covseg.data.synthetic import make_phantom
-from covseg.segment import Segmenter, _left_right_counts
+from covseg.inference.burden import left_right_counts
+from covseg.inference.segmenter import Segmenter
 from segment_tiny import fraction, save_tiny_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -76,6 +77,7 @@ def test_nifti_keeps_geometry_and_report_adds_up(seg, tmp_path):
     assert set(np.unique(result.lungs)) <= {0, 1}
     assert not (result.infection & ~result.lungs).any()  # infection lies inside the lungs
     report = json.loads(result.paths["report"].read_text())
+    assert report == result.report.to_dict()  # the JSON written is the report returned
     assert report["voxel_volume_ml"] == pytest.approx(0.75 * 0.9 * 4.0 / 1000)
     assert report["spacing_mm"] == pytest.approx([0.9, 0.75, 4.0])  # canonical row, col, slice
     assert report["shape"] == list(hu.shape) and report["model_id"] == seg.model_id
@@ -113,7 +115,7 @@ def test_png_in_png_out(seg, tmp_path):
     assert lungs.shape == inf.shape == pic.shape
     assert set(np.unique(lungs)) <= {0, 255} and lungs.any()
     np.testing.assert_array_equal(inf > 0, result.infection.astype(bool))
-    report = result.report
+    report = result.report.to_dict()
     assert report["intensity_rule"] == "uint8" and report["area_unit"] == "px"
     assert report["lung_volume_ml"] is None and report["voxel_volume_ml"] is None
     assert report["infection_area_per_slice"] == [report["infection_voxels"]]
@@ -123,12 +125,14 @@ def test_png_in_png_out(seg, tmp_path):
 def test_array_api_layouts(seg):
     slices = make_phantom(6, (40, 40, 6))[0].transpose(2, 1, 0)  # (N, H, W) canonical
     r3 = seg.predict_volume(slices, spacing=(2.5, 0.5, 0.6))
-    assert r3.lungs.shape == slices.shape and r3.report["spacing_mm"] == [0.5, 0.6, 2.5]
-    assert r3.report["voxel_volume_ml"] == pytest.approx(0.5 * 0.6 * 2.5 / 1000)
+    report3 = r3.report.to_dict()
+    assert r3.lungs.shape == slices.shape and report3["spacing_mm"] == [0.5, 0.6, 2.5]
+    assert report3["voxel_volume_ml"] == pytest.approx(0.5 * 0.6 * 2.5 / 1000)
     r2 = seg.predict_volume(slices[3], spacing=(0.5, 0.6))
     np.testing.assert_array_equal(r2.lungs, r3.lungs[3])
-    assert r2.report["area_unit"] == "mm2" and r2.report["lung_volume_ml"] is None
-    assert seg.predict_volume(slices).report["area_unit"] == "px"
+    report2 = r2.report.to_dict()
+    assert report2["area_unit"] == "mm2" and report2["lung_volume_ml"] is None
+    assert seg.predict_volume(slices).report.to_dict()["area_unit"] == "px"
     from covseg.errors import DataError
 
     with pytest.raises(DataError, match="NaN"):
@@ -144,7 +148,7 @@ def test_left_right_split_follows_the_patient_axis():
     lungs[1, 4, 8:11] = 1  # the lungs touch on one slice
     inf = np.zeros_like(lungs)
     inf[0, 3:5, 12:14] = 1
-    counts = _left_right_counts(lungs, inf)
+    counts = left_right_counts(lungs, inf)
     assert counts["left"][1] == 4 and counts["right"][1] == 0
     assert counts["left"][0] + counts["right"][0] == lungs.sum()
     assert counts["left"][0] >= 2 * 48 and counts["right"][0] >= 2 * 36
@@ -156,15 +160,16 @@ def test_tta_is_left_right_symmetric(checkpoint):
     sym = np.concatenate([half, half[:, :, ::-1]], axis=2)  # mirror-symmetric columns
     r = seg.predict_volume(sym)
     mism = np.count_nonzero(r.lungs != r.lungs[:, :, ::-1])
-    assert r.report["tta"] and fraction(r.lungs) > 0 and mism <= 0.001 * r.lungs.size
+    assert r.report.to_dict()["tta"] and fraction(r.lungs) > 0 and mism <= 0.001 * r.lungs.size
 
 
 def test_no_lung_found(tmp_path):
     ckpt = save_tiny_checkpoint(tmp_path / "nolung.safetensors", lung_shift=-50.0)
     seg = Segmenter.from_checkpoint(ckpt, device="cpu")
     r = seg.predict_volume(make_phantom(0, (32, 32, 3))[0], affine=np.eye(4))
-    assert r.report["lung_found"] is False and r.report["infection_percent"] is None
-    assert r.report["left"]["infection_percent"] is None and not r.infection.any()
+    report = r.report.to_dict()
+    assert report["lung_found"] is False and report["infection_percent"] is None
+    assert report["left"]["infection_percent"] is None and not r.infection.any()
 
 
 def test_memory_does_not_grow_with_the_scan(seg):
@@ -217,14 +222,9 @@ def test_readme_snippet(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.realdata
 def test_pretrained_segments_a_real_slice(shared_data):
-    from covseg.checkpoint import pretrained_path
-    from covseg.errors import CheckpointError
-    from covseg.metrics import confusion, dice
+    from covseg.evaluation.metrics import confusion, dice
 
-    try:
-        pretrained_path()
-    except CheckpointError:
-        pytest.skip("no pretrained model shipped yet (covseg/pretrained/model.safetensors)")
+    # The model is shipped (tracked in git, package data): its absence is a failure, not a skip.
     masks = sorted((shared_data / "medseg100-train" / "masks").glob("*.png"))
     areas = [np.count_nonzero(np.array(PILImage.open(m))) for m in masks]
     mask_path = masks[int(np.argmax(areas))]  # the slice with the most infection
@@ -251,10 +251,22 @@ def test_outputs_get_the_usual_file_mode(seg, tmp_path):
     assert {stat.S_IMODE(p.stat().st_mode) for p in paths.values()} == {0o644}
 
 
-def test_a_model_without_lung_head_is_refused():
+def test_a_model_without_lung_head_is_refused(tmp_path):
+    from covseg.config import Preprocessing
     from covseg.errors import CheckpointError
+    from covseg.meta import CheckpointMeta
     from covseg.models import build_model
-    from segment_tiny import TINY
+    from segment_tiny import SIZE, TINY
 
+    cfg = TINY.replace(model="unet")
+    meta = CheckpointMeta(model_config=cfg, preprocessing=Preprocessing(size=SIZE))
+    seg = Segmenter(build_model(cfg), meta, device="cpu")  # constructing is fine ...
+    vol = make_phantom(0, (SIZE, SIZE, 2))[0]
+    with pytest.raises(CheckpointError, match="lung head"):  # ... segmenting is not
+        seg.predict_volume(vol, affine=np.eye(4))
     with pytest.raises(CheckpointError, match="lung head"):
-        Segmenter(build_model(TINY.replace(model="unet")), {}, device="cpu")
+        seg.predict_volume(vol.transpose(2, 1, 0))
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / "u.nii.gz"))
+    with pytest.raises(CheckpointError, match="lung head"):
+        seg.predict_file(tmp_path / "u.nii.gz", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -10,9 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
+from covseg.checkpoint import save_checkpoint
 from covseg.cli import main
+from covseg.config import Preprocessing
 from covseg.data.synthetic import make_phantom
-from segment_tiny import save_tiny_checkpoint
+from covseg.meta import CheckpointMeta
+from covseg.models import build_model
+from segment_tiny import SIZE, TINY, save_tiny_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -66,6 +70,14 @@ def _bad_inputs(tmp_path: Path, checkpoint: Path) -> dict[str, tuple[list[str], 
     data = bytearray(tampered.read_bytes())
     data[-1] ^= 0xFF
     tampered.write_bytes(bytes(data))
+    unet = tmp_path / "unet.safetensors"
+    save_checkpoint(
+        unet,
+        build_model(TINY.replace(model="unet")),
+        CheckpointMeta(
+            model_config=TINY.replace(model="unet"), preprocessing=Preprocessing(size=SIZE)
+        ),
+    )
     ck = ["--checkpoint", str(checkpoint)]
     return {
         "nan": ([str(tmp_path / "nan.nii.gz"), *ck], "NaN"),
@@ -75,6 +87,7 @@ def _bad_inputs(tmp_path: Path, checkpoint: Path) -> dict[str, tuple[list[str], 
         "missing": ([str(tmp_path / "nope.nii.gz"), *ck], "no such file"),
         "tampered checkpoint": ([str(good), "--checkpoint", str(tampered)], "sha256"),
         "bad case after a good one": ([str(good), str(tmp_path / "nan.nii.gz"), *ck], "NaN"),
+        "model without lung head": ([str(good), "--checkpoint", str(unet)], "lung head"),
     }
 
 
@@ -88,6 +101,7 @@ def _bad_inputs(tmp_path: Path, checkpoint: Path) -> dict[str, tuple[list[str], 
         "missing",
         "tampered checkpoint",
         "bad case after a good one",
+        "model without lung head",
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_partial(case, checkpoint, tmp_path, capsys):
@@ -117,15 +131,11 @@ def test_no_lung_is_reported_not_an_error(tmp_path, capsys):
     assert "no lung" in capsys.readouterr().out
 
 
-def test_pretrained_missing_is_one_line(tmp_path, capsys):
-    from covseg.checkpoint import pretrained_path
-    from covseg.errors import CheckpointError
+def test_pretrained_missing_is_one_line(tmp_path, capsys, monkeypatch):
+    import covseg.checkpoint as ck
 
-    try:
-        pretrained_path()
-        pytest.skip("a pretrained model is shipped")
-    except CheckpointError:
-        pass
+    # An install without the shipped model: pretrained_path() looks next to checkpoint.py.
+    monkeypatch.setattr(ck, "__file__", str(tmp_path / "install" / "checkpoint.py"))
     scan = _nifti(tmp_path / "s.nii.gz", np.zeros((8, 8, 2), np.int16))
     assert main(["segment", str(scan), "--out", str(tmp_path / "out")]) == 2
     assert "no pretrained model" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Training: learning happens, resume is exact, the threshold search picks the best threshold."""
+"""Training: learning happens, resume is exact, the post-processing search picks the best one."""
 
 from __future__ import annotations
 
@@ -11,23 +11,27 @@ import torch
 from safetensors.torch import load_file
 
 from _train_helpers import FAST, TINY, prepared_phantoms
-from covseg.checkpoint import load_checkpoint
-from covseg.crossval import evaluate_test_fold
+from covseg.checkpoint import FORMAT, load_checkpoint
 from covseg.data.dataset import PreparedDataset
 from covseg.errors import DataError
-from covseg.threshold import choose_min_component, choose_threshold, remove_small_components
-from covseg.train import LOG_COLUMNS, train
+from covseg.evaluation.crossval import evaluate_test_fold
+from covseg.inference.postprocess import remove_small_components
+from covseg.training.loop import train
+from covseg.training.selection import Item, select_postprocessing
+from covseg.training.state import LOG_COLUMNS
 
 
-def test_choose_threshold_on_a_constructed_case():
+def test_select_threshold_on_a_constructed_case():
     truth = np.zeros((3, 16, 16), bool)
     truth[:, 4:10, 4:10] = True
     probs = np.where(truth, 0.32, 0.22).astype(np.float32)
     probs[2, 0, 0] = 0.27  # one background pixel above 0.25: only 0.30 is perfect everywhere
-    thr, d = choose_threshold(probs, truth)
-    assert thr == pytest.approx(0.3) and d == pytest.approx(1.0)
+    items = [Item(lung=None, infection=probs, truth=truth)]  # no lung head: no restriction
+    sel = select_postprocessing(items, 16)
+    assert sel.postprocessing.threshold == pytest.approx(0.3) and sel.dice == pytest.approx(1.0)
+    assert sel.n_slices == 3 and sel.postprocessing.min_component == 0
     # the default 0.5 finds nothing here
-    assert choose_threshold(probs, truth, candidates=[0.5])[1] == pytest.approx(0.0)
+    assert select_postprocessing(items, 16, thresholds=[0.5]).dice == pytest.approx(0.0)
 
 
 def test_min_component_removes_specks_and_keeps_lesions():
@@ -36,10 +40,16 @@ def test_min_component_removes_specks_and_keeps_lesions():
     probs = truth.astype(np.float32)
     probs[:, 25:27, 25:27] = 0.9  # 4-pixel false-positive speck
     assert remove_small_components(probs >= 0.5, 10)[:, 25, 25].sum() == 0
-    size, d = choose_min_component(probs, truth, 0.5, (0, 10, 20, 40))
-    assert size == 10 and d == pytest.approx(
-        1.0
-    )  # 40 would still keep the 100-px lesion; 10 ties first
+    items = [Item(lung=None, infection=probs, truth=truth)]
+    sel = select_postprocessing(items, 32, thresholds=(0.5,), min_components=(0, 10, 20, 40))
+    # 40 would still keep the 100-px lesion; 10 ties first (the smallest size)
+    assert sel.postprocessing.min_component == 10 and sel.dice == pytest.approx(1.0)
+    assert sel.scores["0.50/0/2"] < 1.0  # the speck costs Dice without a minimum size
+    # Over the whole threshold grid, 0.95 also drops the speck (at size 0), but ties go to the
+    # threshold nearest 0.5 first, then to the smallest component size.
+    sel = select_postprocessing(items, 32, min_components=(0, 10, 20, 40))
+    assert sel.scores["0.95/0/2"] == pytest.approx(1.0)
+    assert sel.postprocessing.threshold == 0.5 and sel.postprocessing.min_component == 10
 
 
 def _weights(path):
@@ -85,10 +95,15 @@ def test_short_training_learns_the_phantoms(tmp_path):
     ):
         assert (run / name).exists(), name
     meta = json.loads((run / "best.json").read_text())
-    assert 0.05 <= meta["threshold"] <= 0.95 and meta["min_component"] in (0, 10, 20, 40)
+    post = meta["postprocessing"]
+    assert meta["format"] == FORMAT and 0.05 <= post["threshold"] <= 0.95
+    assert post["min_component"] in (0, 10, 20, 40) and post["lung_margin_px"] == 2
     assert meta["preprocessing"]["size"] == 64 and meta["data"]["test_cases"]
-    # validation slices (the paper's protocol), at the chosen threshold
-    assert meta["metrics"]["val_dice_at_threshold"] > 0.8, meta["metrics"]
+    # validation slices (the paper's protocol), with the chosen post-processing
+    assert meta["metrics"]["val_dice_postprocessed"] > 0.8, meta["metrics"]
+    # the last weights get their own post-processing, chosen the same way
+    last = json.loads((run / "last.json").read_text())
+    assert "val_dice_postprocessed" in last["metrics"] and last["postprocessing_source"]
     # the held-out test patients, with the run's own threshold: learned, if less well
     result = evaluate_test_fold(run, PreparedDataset(data), device="cpu")
     assert result["per_slice_mean"]["dice"] > 0.2, result["per_slice_mean"]

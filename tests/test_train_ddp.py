@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from _train_helpers import prepared_phantoms
-from covseg.checkpoint import load_checkpoint
+from covseg.checkpoint import FORMAT, load_checkpoint
 
 
 @pytest.mark.slow
@@ -47,6 +47,9 @@ def test_torchrun_two_cpu_processes(tmp_path):
     with open(out / "log.csv") as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]
     _, meta = load_checkpoint(out / "best.safetensors")
-    assert meta["format"] == 1 and 0.05 <= meta["threshold"] <= 0.95
-    assert json.loads((out / "last.json").read_text())["epoch"] == 2
+    assert json.loads((out / "best.json").read_text())["format"] == FORMAT
+    assert 0.05 <= meta.postprocessing.threshold <= 0.95
+    assert "val_dice_postprocessed" in meta.metrics
+    last = json.loads((out / "last.json").read_text())
+    assert last["epoch"] == 2 and "val_dice_postprocessed" in last["metrics"]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no stray temp files

@@ -24,7 +24,7 @@ __all__ = [
 def __getattr__(name: str):
     # Lazy: `import covseg` stays light (no torch) until the Segmenter is asked for.
     if name == "Segmenter":
-        from covseg.segment import Segmenter
+        from covseg.inference.segmenter import Segmenter
 
         return Segmenter
     raise AttributeError(f"module 'covseg' has no attribute {name!r}")

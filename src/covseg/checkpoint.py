@@ -1,16 +1,24 @@
-"""Checkpoints: weights in safetensors, everything else in a JSON sidecar. Never pickle.
+"""Checkpoints: weights in safetensors, everything else in a typed JSON sidecar. Never pickle.
 
 A checkpoint is two files with one stem::
 
     RUN/best.safetensors   the model's state dict
-    RUN/best.json          {"format", "covseg_version", "requires_covseg", "model_config",
-                            "train_config", "preprocessing", "threshold", "min_component",
-                            "metrics", "epoch", "weights", "sha256"}
+    RUN/best.json          CheckpointMeta as JSON: {"format", "covseg_version", "requires_covseg",
+                           "model_config", "preprocessing", "postprocessing", "train_config",
+                           "data", "metrics", "epoch", "postprocessing_source", "weights",
+                           "sha256"}
 
-The JSON names the weights file and its sha256; :func:`load_checkpoint` rebuilds the network from
-the JSON alone (the nanoGPT habit) after checking the format and the hash. Weights are written
-first and the JSON last, each to a temporary name renamed when complete, so a JSON always names a
-complete weights file.
+The JSON is read through one dataclass, :class:`~covseg.meta.CheckpointMeta`, validated field by field before
+anything is built (a wrong type or range is a :class:`~covseg.errors.CheckpointError` naming the
+file and the field). :func:`load_checkpoint` rebuilds the network from the JSON alone (the
+nanoGPT habit) after checking the format and the weights' sha256. Weights are written first and
+the JSON last, each to a temporary name renamed when complete, so a JSON always names a complete
+weights file. ``"pretrained"`` names the shipped model wherever a checkpoint is asked for
+(:func:`resolve_checkpoint`).
+
+Format 1 (covseg 0.1) kept ``threshold`` and ``min_component`` at the top level and restricted
+infection to the lungs in ``segment`` only, with a 2-pixel margin; it is read as
+``PostProcessing(threshold, min_component, lung_margin_px=2)``.
 
 The optimiser/scheduler state needed by ``--resume`` is stored the same way
 (:func:`save_train_state`): tensors in ``RUN/last_state.safetensors``, the rest in
@@ -22,18 +30,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import stat
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from covseg._version import __version__
-from covseg.config import ModelConfig, from_dict
 from covseg.errors import CheckpointError
+from covseg.files import file_mode, write_json
+from covseg.meta import CheckpointMeta
 
 __all__ = [
     "FORMAT",
@@ -41,15 +50,18 @@ __all__ = [
     "load_train_state",
     "pretrained_path",
     "read_meta",
+    "resolve_checkpoint",
     "save_checkpoint",
     "save_train_state",
     "update_meta",
 ]
 
 #: Checkpoint format written by this covseg; readers refuse newer ones.
-FORMAT = 1
+FORMAT = 2
 #: The first covseg version that reads :data:`FORMAT` (recorded so older readers can say so).
-REQUIRES_COVSEG = "0.1.0"
+REQUIRES_COVSEG = "0.2.0"
+#: Weights files larger than this are refused before hashing (the paper preset is 71 MB).
+MAX_WEIGHTS_BYTES = 2 << 30
 
 
 def pretrained_path() -> Path:
@@ -67,6 +79,19 @@ def pretrained_path() -> Path:
     return path
 
 
+def resolve_checkpoint(spec: str | Path) -> Path:
+    """``"pretrained"`` -> the shipped model; any other value -> that path.
+
+    Raises:
+        CheckpointError: an empty value, or ``"pretrained"`` in an install without one.
+    """
+    if str(spec) == "pretrained":
+        return pretrained_path()
+    if not str(spec).strip():
+        raise CheckpointError("--checkpoint is empty (give RUN/best.safetensors or 'pretrained')")
+    return Path(spec)
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -75,37 +100,20 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _file_mode() -> int:
-    """``0o666`` less the umask: what ``open()`` would give (``mkstemp`` gives 0o600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.chmod(tmp, _file_mode())
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_tensors(
     path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> Path:
     """Write ``tensors`` completely to a temporary file next to ``path``; return its name (the
     caller renames it into place). A failed write leaves no temporary file."""
+    import tempfile
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata
         )
-        os.chmod(tmp, _file_mode())
+        os.chmod(tmp, file_mode())
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -135,12 +143,12 @@ def _commit(
         old = _read_json(side)
         if old is not None and weights.exists():
             old.pop("previous", None)
-            _write_json(side, {**new, "previous": old})
+            write_json(side, {**new, "previous": old})
         os.replace(tmp, weights)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _write_json(side, new)
+    write_json(side, new)
     return sha
 
 
@@ -152,6 +160,21 @@ def _read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def _check_weights_file(weights: Path) -> None:
+    """A regular file of a plausible size, checked before it is hashed or opened (a FIFO or
+    ``/dev/zero`` would block or hash for ever)."""
+    try:
+        st = weights.stat()
+    except FileNotFoundError:
+        raise CheckpointError(f"{weights}: missing") from None
+    except OSError as err:
+        raise CheckpointError(f"{weights}: unreadable ({err.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{weights}: not a regular file")
+    if st.st_size > MAX_WEIGHTS_BYTES:
+        raise CheckpointError(f"{weights}: {st.st_size} bytes, more than any covseg model")
+
+
 def _matching(weights: Path, meta: dict, what: str) -> dict:
     """The record of ``meta`` (itself, or its ``"previous"`` after an interrupted save) whose
     sha256 is that of ``weights``.
@@ -159,8 +182,7 @@ def _matching(weights: Path, meta: dict, what: str) -> dict:
     Raises:
         CheckpointError: the file is missing or matches no record (modified or corrupt).
     """
-    if not weights.exists():
-        raise CheckpointError(f"{weights}: missing")
+    _check_weights_file(weights)
     digest = _sha256(weights)
     for record in (meta, meta.get("previous")):
         if isinstance(record, dict) and record.get("sha256") == digest:
@@ -178,14 +200,13 @@ def _paths(path: str | Path) -> tuple[Path, Path]:
     return p.with_suffix(".safetensors"), p.with_suffix(".json")
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
-    """Write ``model``'s weights and a JSON sidecar holding ``meta`` plus format and hash.
+def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta) -> Path:
+    """Write ``model``'s weights and the JSON sidecar of ``meta`` (format and hash added).
 
     Args:
         path: ``.../name.safetensors`` (or ``name.json``, or the stem ``name``).
         model: the network (a DDP wrapper is unwrapped).
-        meta: at least ``"model_config"`` (a :func:`covseg.config.to_dict` dict); typically also
-            ``train_config``, ``preprocessing``, ``threshold``, ``min_component``, ``metrics``.
+        meta: the metadata; its ``sha256`` is replaced by the new weights' hash.
 
     Returns:
         The weights path.
@@ -194,25 +215,17 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
     weights.parent.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)
     record = {
-        "threshold": 0.5,
-        "min_component": 0,
-        **meta,
+        **meta.replace(covseg_version=__version__).to_json(),
         "format": FORMAT,
         "requires_covseg": REQUIRES_COVSEG,
-        "covseg_version": __version__,
         "weights": weights.name,
     }
     _commit(weights, side, model.state_dict(), record)
     return weights
 
 
-def read_meta(path: str | Path) -> dict[str, Any]:
-    """The JSON sidecar of a checkpoint, its format checked (the weights are not read).
-
-    Raises:
-        CheckpointError: missing or unreadable JSON, or a format newer than this covseg reads.
-    """
-    _, side = _paths(path)
+def _read_raw(side: Path) -> dict[str, Any]:
+    """The JSON sidecar as a dict, its format checked."""
     try:
         meta = json.loads(side.read_text())
     except FileNotFoundError:
@@ -222,7 +235,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{side}: unreadable checkpoint metadata ({err})") from None
     fmt = meta.get("format") if isinstance(meta, dict) else None
-    if not isinstance(fmt, int):
+    if not isinstance(fmt, int) or isinstance(fmt, bool):
         raise CheckpointError(f"{side}: not a covseg checkpoint (no format number)")
     if fmt > FORMAT:
         need = meta.get("requires_covseg") or f"a version newer than {__version__}"
@@ -233,46 +246,72 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def update_meta(path: str | Path, **changes: Any) -> dict[str, Any]:
-    """Rewrite fields of a checkpoint's JSON (e.g. the chosen threshold); weights untouched."""
+def _current_record(side: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """The record of ``raw`` that belongs to the weights on disk: ``raw`` itself, or after a
+    save interrupted between its two renames, whichever of it and ``"previous"`` matches."""
+    if "previous" not in raw:
+        return raw
+    return _matching(
+        side.parent / str(raw.get("weights", side.stem + ".safetensors")), raw, "weights"
+    )
+
+
+def read_meta(path: str | Path) -> CheckpointMeta:
+    """The typed metadata of a checkpoint (``"pretrained"`` or a path); the weights are only
+    read (hashed) when an interrupted save left two records to choose from.
+
+    Raises:
+        CheckpointError: missing or unreadable JSON, a newer format, or a bad field.
+    """
+    _, side = _paths(resolve_checkpoint(path))
+    return CheckpointMeta.from_json(_current_record(side, _read_raw(side)), side)
+
+
+def update_meta(path: str | Path, **changes: Any) -> CheckpointMeta:
+    """Rewrite fields of a checkpoint's JSON (e.g. the chosen post-processing); weights and
+    their hash untouched."""
     _, side = _paths(path)
-    meta = {**read_meta(side), **changes}
-    _write_json(side, meta)
+    raw = _current_record(side, _read_raw(side))
+    meta = CheckpointMeta.from_json(raw, side).replace(**changes)
+    record = {**raw, **meta.to_json(), "format": FORMAT, "requires_covseg": REQUIRES_COVSEG}
+    for legacy in ("threshold", "min_component", "previous"):
+        record.pop(legacy, None)
+    write_json(side, record)
     return meta
 
 
 def load_checkpoint(
     path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, dict[str, Any]]:
+) -> tuple[nn.Module, CheckpointMeta]:
     """Rebuild the network of a checkpoint from its JSON and load its verified weights.
 
     Args:
-        path: the ``.safetensors`` or ``.json`` file (or their common stem).
+        path: ``"pretrained"``, the ``.safetensors`` or ``.json`` file (or their common stem).
         device: where to put the model.
 
     Returns:
-        ``(model in eval mode, meta dict)``.
+        ``(model in eval mode, its metadata)``.
 
     Raises:
-        CheckpointError: missing files, a newer format, a sha256 mismatch (the weights were
-            modified or are corrupt), or weights that do not fit the recorded model config.
+        CheckpointError: missing files, a newer format, a bad field, a sha256 mismatch (the
+            weights were modified or are corrupt), or weights that do not fit the model config.
     """
     from covseg.models import build_model
 
-    weights, side = _paths(path)
-    meta = read_meta(side)
-    weights = side.parent / meta.get("weights", weights.name)
-    meta = _matching(weights, meta, "weights")
-    try:
-        cfg = from_dict(ModelConfig, meta["model_config"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{side}: bad model_config ({err})") from None
-    model = build_model(cfg)
+    weights, side = _paths(resolve_checkpoint(path))
+    raw = _read_raw(side)
+    name = raw.get("weights", weights.name)
+    if not isinstance(name, str) or not name or Path(name).name != name:
+        raise CheckpointError(f"{side}: bad weights file name {name!r}")
+    weights = side.parent / name
+    record = _matching(weights, raw, "weights")
+    meta = CheckpointMeta.from_json(record, side)
+    model = build_model(meta.model_config)
     try:
         state = load_file(str(weights))
         model.load_state_dict(state, strict=True)
-    except (RuntimeError, OSError) as err:
-        first = str(err).strip().splitlines()[0][:200]
+    except (RuntimeError, OSError, SafetensorError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise CheckpointError(
             f"{weights}: weights do not fit the model config recorded in {side.name} ({first})"
         ) from None
@@ -320,8 +359,11 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
         CheckpointError: missing or mismatching files.
     """
     weights, side = _paths(path)
-    _matching(weights, read_meta(side), "training state tensors")
-    with safe_open(str(weights), framework="pt") as f:
-        skeleton = json.loads((f.metadata() or {})["state"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
+    _matching(weights, _read_raw(side), "training state tensors")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            skeleton = json.loads((f.metadata() or {})["state"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (no iter)
+    except (SafetensorError, OSError, KeyError, ValueError) as err:
+        raise CheckpointError(f"{weights}: unreadable training state ({err})") from None
     return _unflatten(skeleton, tensors)

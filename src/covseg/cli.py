@@ -30,7 +30,7 @@ Runner = Callable[[argparse.Namespace], int]
 # --------------------------------------------------------------------------- model-info
 def _add_model_info(sub: argparse._SubParsersAction) -> Runner:
     p = sub.add_parser("model-info", help="build a model, run one forward pass, print its size")
-    p.add_argument("--preset", choices=["paper", "small"], default="small")
+    p.add_argument("--preset", choices=["paper", "small", "fast"], default="small")
     p.add_argument("--model", choices=["bifurcated", "unet"], default="bifurcated")
     p.add_argument("--size", type=int, default=256, help="input side length (default 256)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON only")
@@ -142,7 +142,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by `train` and `cv` (model, optimisation, device)."""
     p.add_argument("--data", required=True, help="prepared dataset (covseg prepare)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--preset", choices=["paper", "small"], default="small")
+    p.add_argument("--preset", choices=["paper", "small", "fast"], default="small")
     p.add_argument("--model", choices=["bifurcated", "unet"], default="bifurcated")
     p.add_argument("--lung-gate", choices=["binary", "soft"], help="override the preset's gate")
     p.add_argument("--no-lung-gate", action="store_true", help="ablation: no lung gating")
@@ -211,7 +211,7 @@ def _add_train(sub: argparse._SubParsersAction) -> Runner:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from covseg.train import train
+    from covseg.training.loop import train
 
     model_cfg, train_cfg = _configs(args)
     train_cfg = train_cfg.replace(fold=args.fold, folds=args.folds, repeat=args.repeat)
@@ -233,7 +233,7 @@ def _add_cv(sub: argparse._SubParsersAction) -> Runner:
 
 
 def _run_cv(args: argparse.Namespace) -> int:
-    from covseg.crossval import run_cv
+    from covseg.evaluation.crossval import run_cv
 
     model_cfg, train_cfg = _configs(args)
     run_cv(
@@ -259,7 +259,7 @@ def _add_report(sub: argparse._SubParsersAction) -> Runner:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from covseg.report import make_report
+    from covseg.evaluation.report import make_report
 
     print(make_report(args.dir, panels=not args.no_panels)["markdown"])
     return 0
@@ -273,11 +273,20 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> Runner:
     p.add_argument("--threshold", type=float, help="override the checkpoint's threshold")
     p.add_argument("--tta", action="store_true", help="left-right flip test-time augmentation")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _backend_flag(p)
     return _run_evaluate
 
 
+def _backend_flag(p: argparse.ArgumentParser) -> None:
+    from covseg.config import BACKENDS
+
+    p.add_argument(
+        "--backend", choices=BACKENDS, default="torch", help="how the network runs (torch)"
+    )
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from covseg.evaluate import evaluate, format_table
+    from covseg.evaluation.evaluate import evaluate, format_table
 
     result = evaluate(
         args.checkpoint,
@@ -286,6 +295,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         device=args.device,
         tta=args.tta,
+        backend=args.backend,
     )
     print(format_table(result))
     return 0
@@ -300,11 +310,12 @@ def _add_segment(sub: argparse._SubParsersAction) -> Runner:
     p.add_argument("--tta", action="store_true", help="average with left-right flipped slices")
     p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (8)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _backend_flag(p)
     return _run_segment
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    from covseg.segment import format_summary, segment_files
+    from covseg.inference.outputs import format_summary, segment_files
 
     reports = segment_files(
         args.inputs,
@@ -313,6 +324,7 @@ def _run_segment(args: argparse.Namespace) -> int:
         tta=args.tta,
         batch_size=args.batch_size,
         device=args.device,
+        backend=args.backend,
         progress=True,
     )
     print(format_summary(reports))
@@ -329,7 +341,7 @@ def _add_export_onnx(sub: argparse._SubParsersAction) -> Runner:
 
 
 def _run_export_onnx(args: argparse.Namespace) -> int:
-    from covseg.export import export_onnx
+    from covseg.inference.export import export_onnx
 
     print(export_onnx(args.checkpoint, args.out, opset=args.opset))
     return 0

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from covseg.config import PRESETS, TrainConfig
-from covseg.crossval import run_cv, run_dir
 from covseg.data.prepare import prepare
 from covseg.data.synthetic import write_synthetic_dataset
-from covseg.evaluate import evaluate, format_table
-from covseg.report import make_report
-from covseg.segment import format_summary, segment_files
+from covseg.evaluation.crossval import run_cv, run_dir
+from covseg.evaluation.evaluate import evaluate, format_table
+from covseg.evaluation.report import make_report
+from covseg.inference.outputs import format_summary, segment_files
 
 __all__ = ["DEMO_TRAIN", "run_demo"]
 

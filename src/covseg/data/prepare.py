@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from covseg._version import __version__
+from covseg.data.geometry import canonical_spacing, volume_to_slices
 from covseg.data.io import Image, read_image
 from covseg.data.layouts import (
     NNUNET_INFECTION_LABELS,
@@ -37,13 +38,7 @@ from covseg.data.layouts import (
     discover,
 )
 from covseg.data.lungmask import derive_lung_mask
-from covseg.data.preprocess import (
-    canonical_spacing,
-    detect_intensity_rule,
-    normalize_intensity,
-    resize_slices,
-    volume_to_slices,
-)
+from covseg.data.preprocess import detect_intensity_rule, normalize_intensity, resize_slices
 from covseg.errors import DataError
 
 __all__ = ["MANIFEST_FORMAT", "prepare"]

@@ -1,43 +1,23 @@
-"""Intensity rules, one canonical slice orientation, and resizing.
-
-Canonical display orientation (every volume, whatever its affine): ``(N, H, W)`` axial slices with
-rows running anterior -> posterior, columns running patient right -> left (radiological display:
-the patient's right is on the image's left) and slices running inferior -> superior. In nibabel
-axis codes the ``(row, col, slice)`` axes are ``("P", "L", "S")``. 2-D pictures are taken as
-already displayed and become ``(1, H, W)``.
-"""
+"""Intensity rules and resizing of canonical slices (orientation: :mod:`covseg.data.geometry`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from nibabel.orientations import (
-    apply_orientation,
-    axcodes2ornt,
-    inv_ornt_aff,
-    io_orientation,
-    ornt_transform,
-)
 
-from covseg.data.io import Image
 from covseg.errors import DataError
 
 __all__ = [
     "HU_WINDOW",
-    "canonical_spacing",
     "detect_intensity_rule",
     "normalize_intensity",
     "resize_back",
     "resize_slices",
-    "slices_to_volume",
-    "volume_to_slices",
 ]
 
 HU_WINDOW = (-1250.0, 250.0)
 """The window that maps HU to [0, 1]; the Zenodo Radiopaedia volumes are stored in this window."""
-
-_DISPLAY = axcodes2ornt(("P", "L", "S"))
 
 
 def detect_intensity_rule(array: np.ndarray) -> str:
@@ -88,61 +68,6 @@ def normalize_intensity(array: np.ndarray, rule: str) -> np.ndarray:
     if rule == "uint8":
         return np.clip(x / 255.0, 0.0, 1.0).astype(np.float32)
     raise ValueError(f"unknown intensity rule {rule!r} (expected 'hu' or 'uint8')")
-
-
-def _to_display(image: Image) -> np.ndarray:
-    """The orientation transform from the file's voxel axes to ``(P, L, S)``."""
-    if image.affine is None:
-        raise DataError(f"{image.path}: a volume needs an affine")
-    return ornt_transform(io_orientation(image.affine), _DISPLAY)
-
-
-def volume_to_slices(image: Image) -> np.ndarray:
-    """Axial slices in the canonical display orientation (see the module docstring).
-
-    Args:
-        image: a volume ``(X, Y, Z)`` with an affine, or a 2-D picture ``(H, W)``.
-
-    Returns:
-        ``(N, H, W)`` array of ``image.array``'s dtype (a view where possible).
-    """
-    a = image.array
-    if a.ndim == 2:
-        return a[None]
-    if a.ndim != 3:
-        raise DataError(f"{image.path}: expected 2-D or 3-D, got shape {a.shape}")
-    return np.ascontiguousarray(apply_orientation(a, _to_display(image)).transpose(2, 0, 1))
-
-
-def slices_to_volume(slices: np.ndarray, image: Image) -> np.ndarray:
-    """Exact inverse of :func:`volume_to_slices`: back to ``image.array``'s shape and voxel order.
-
-    Args:
-        slices: ``(N, H, W)`` in the canonical orientation of ``image``.
-        image: the image the slices came from.
-
-    Returns:
-        ``image.array.shape`` array (``(H, W)`` for 2-D pictures).
-    """
-    if image.array.ndim == 2:
-        return np.asarray(slices)[0]
-    pls = np.asarray(slices).transpose(1, 2, 0)
-    back = ornt_transform(_DISPLAY, io_orientation(image.affine))
-    out = np.ascontiguousarray(apply_orientation(pls, back))
-    if out.shape != image.array.shape:
-        raise DataError(f"{image.path}: slices {slices.shape} do not fit {image.array.shape}")
-    return out
-
-
-def canonical_spacing(image: Image) -> tuple[float, float, float] | None:
-    """``(row_mm, col_mm, slice_mm)`` of the canonical slices; ``None`` for 2-D pictures."""
-    if image.affine is None or image.array.ndim != 3:
-        return None
-    t = _to_display(image)
-    # Affine of the reoriented volume: its columns are the (P, L, S) axes.
-    aff = image.affine @ inv_ornt_aff(t, image.array.shape)
-    row, col, sl = (float(v) for v in np.linalg.norm(aff[:3, :3], axis=0))
-    return row, col, sl
 
 
 def _interpolate(x: np.ndarray, size: tuple[int, int], mask: bool) -> np.ndarray:

@@ -16,10 +16,25 @@ from torch import nn
 from covseg.config import ModelConfig
 from covseg.models.blocks import ConvBNReLU, DoubleConv, InceptionBlock, channels_last
 
-__all__ = ["BifurcatedNet", "Encoder", "FusionHead", "SegOutput", "UNetDecoder"]
+__all__ = ["BifurcatedNet", "Encoder", "FullResRefine", "FusionHead", "SegOutput", "UNetDecoder"]
 
 #: Input sides are padded to a multiple of this (4 pooling steps), outputs cropped back.
 DIVISOR = 16
+
+
+def stem_stride(cfg: ModelConfig) -> int:
+    """How much the stem reduces the resolution: 1 (no stem), 2 or 4."""
+    return 1 if cfg.stem == "none" else cfg.stem_factor
+
+
+def divisor(cfg: ModelConfig) -> int:
+    """The multiple the input sides are padded to: 16 times the stem's stride."""
+    return DIVISOR * stem_stride(cfg)
+
+
+def upsample(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Bilinear up-sampling by ``factor`` (a reduced-resolution map back to the input grid)."""
+    return F.interpolate(x, scale_factor=float(factor), mode="bilinear", align_corners=False)
 
 
 class SegOutput(NamedTuple):
@@ -37,7 +52,7 @@ class SegOutput(NamedTuple):
 def _block(cfg: ModelConfig, in_ch: int, out_ch: int, d_rate: int) -> nn.Module:
     if cfg.use_inception:
         return InceptionBlock(
-            in_ch, out_ch, d_rate, cfg.inception_kernels, cfg.dropout, cfg.factorize
+            in_ch, out_ch, d_rate, cfg.inception_kernels, cfg.dropout, cfg.factorize, cfg.separable
         )
     return DoubleConv(in_ch, out_ch)
 
@@ -46,21 +61,33 @@ class Encoder(nn.Module):
     """Shared encoder: inception blocks at the high-resolution front, double convs deeper,
     2x2 max-pool between the 5 levels.
 
+    With ``cfg.stem`` (``"s2d"`` or ``"conv"``) a stride-2 stem runs first and every level is at
+    half the resolution.
+
     Args:
         cfg: ``encoder_channels`` (5 widths), ``encoder_inception_levels`` (paper: 1),
-            ``encoder_d_rate`` (authors: 3).
+            ``encoder_d_rate`` (authors: 3), ``stem``.
 
     Shape:
-        ``(B, C_in, H, W) -> [ (B, c_i, H / 2**i, W / 2**i) for i in 0..4 ]``; ``H, W`` must be
-        multiples of 16.
+        ``(B, C_in, H, W) -> [ (B, c_i, H / (s * 2**i), W / (s * 2**i)) for i in 0..4 ]`` with
+        ``s`` 1 (no stem) or 2; ``H, W`` must be multiples of ``16 * s``.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         ch = cfg.encoder_channels
+        first_in = cfg.in_channels
+        if cfg.stem == "s2d":
+            self.stem: nn.Module | None = nn.PixelUnshuffle(cfg.stem_factor)
+            first_in = cfg.stem_factor**2 * cfg.in_channels
+        elif cfg.stem == "conv":
+            self.stem = ConvBNReLU(cfg.in_channels, cfg.stem_channels, 3, stride=2)
+            first_in = cfg.stem_channels
+        else:
+            self.stem = None
         blocks = []
         for i, out_ch in enumerate(ch):
-            in_ch = cfg.in_channels if i == 0 else ch[i - 1]
+            in_ch = first_in if i == 0 else ch[i - 1]
             if i < cfg.encoder_inception_levels:
                 blocks.append(_block(cfg, in_ch, out_ch, cfg.encoder_d_rate))
             else:
@@ -69,6 +96,8 @@ class Encoder(nn.Module):
         self.out_channels: tuple[int, ...] = tuple(ch)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.stem is not None:
+            x = channels_last(self.stem(x))
         feats = []
         for i, block in enumerate(self.blocks):
             if i > 0:
@@ -118,14 +147,48 @@ class UNetDecoder(nn.Module):
         return x
 
 
+class FullResRefine(nn.Module):
+    """A full-resolution correction of reduced-resolution logits (after a stride-2/4 stem).
+
+    ``logits + head(conv([up(feat), image]))``: the logits and features are up-sampled
+    bilinearly, the features concatenated with the full-resolution image, then one 3x3
+    conv-BN-ReLU (``cfg.refine_channels``) and a 1x1 conv give a residual added to the
+    up-sampled logits. The 1x1 conv starts at zero, so training starts from the up-sampled
+    prediction and learns the full-resolution detail on top of it.
+
+    Shape:
+        ``(B, 1, h, w), (B, feat_ch, h, w), (B, C_in, H, W) -> (B, 1, H, W)`` with
+        ``H, W = s * h, s * w`` (``s`` the stem's stride).
+    """
+
+    def __init__(self, feat_ch: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.factor = stem_stride(cfg)
+        self.conv = ConvBNReLU(feat_ch + cfg.in_channels, cfg.refine_channels, 3)
+        self.head = nn.Conv2d(cfg.refine_channels, 1, kernel_size=1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(
+        self, logits: torch.Tensor, feat: torch.Tensor, image: torch.Tensor
+    ) -> torch.Tensor:
+        x = torch.cat([upsample(feat, self.factor), channels_last(image)], dim=1)
+        return upsample(logits, self.factor) + self.head(self.conv(x))
+
+
 class FusionHead(nn.Module):
     """The FCN fusion block: gated [image, infection probability, ...] -> final infection logits.
 
     Layers as in the authors' code: inception block (F=32, d_rate 3) -> 1x1 conv 32 -> 3x3 conv
     16 -> 1x1 conv to one logit map (widths from ``cfg.fusion_channels``).
 
+    With a stem (``cfg.stem``) these layers run at reduced resolution and a
+    :class:`FullResRefine` over the 3x3 conv's features and the gated full-resolution image
+    brings the logits to full resolution.
+
     Shape:
-        ``(B, in_ch, H, W) -> (B, 1, H, W)``.
+        ``(B, in_ch, H, W) -> (B, 1, H, W)``; with a stem ``(B, in_ch, H/s, W/s)`` and the gated
+        image ``(B, C_in, H, W)`` -> ``(B, 1, H, W)``.
     """
 
     def __init__(self, in_ch: int, cfg: ModelConfig) -> None:
@@ -137,9 +200,15 @@ class FusionHead(nn.Module):
             ConvBNReLU(c1, c2, kernel=3),
             nn.Conv2d(c2, 1, kernel_size=1),
         )
+        self.refine = FullResRefine(c2, cfg) if cfg.stem != "none" else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+    def forward(self, x: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        if self.refine is None:
+            return self.layers(x)
+        if image is None:
+            raise ValueError("a fusion head after a stem needs the full-resolution image")
+        feat = self.layers[:-1](x)
+        return self.refine(self.layers[-1](feat), feat, image)
 
 
 def lung_gate(lung_logits: torch.Tensor, mode: str) -> torch.Tensor:
@@ -163,9 +232,14 @@ class BifurcatedNet(nn.Module):
     Args:
         cfg: the architecture (see :class:`~covseg.config.ModelConfig`).
 
+    With a stem (``cfg.stem``) the decoders and the fusion block run at half resolution: the
+    fusion input's image part is the space-to-depth image (4 channels, lossless), it is gated by
+    the half-resolution lung probability, and the full-resolution refinement sees the image
+    gated by the up-sampled lung probability.
+
     Shape:
-        ``(B, 1, H, W)`` with any ``H, W`` (padded to multiples of 16 internally, cropped back)
-        -> :class:`SegOutput` of three ``(B, 1, H, W)`` logit maps.
+        ``(B, 1, H, W)`` with any ``H, W`` (padded to multiples of 16, or 32 with a stem,
+        internally, cropped back) -> :class:`SegOutput` of three ``(B, 1, H, W)`` logit maps.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -177,25 +251,34 @@ class BifurcatedNet(nn.Module):
         self.infection_decoder = UNetDecoder(enc, cfg.infection_decoder_channels, cfg)
         self.lung_head = nn.Conv2d(self.lung_decoder.out_channels, 1, kernel_size=1)
         self.infection_head = nn.Conv2d(self.infection_decoder.out_channels, 1, kernel_size=1)
-        fusion_in = cfg.in_channels + 1
+        self.divisor = divisor(cfg)
+        self.stride = stem_stride(cfg)
+        fusion_in = cfg.in_channels * self.stride**2 + 1
         if cfg.fusion_inputs == "authors":
             fusion_in += self.infection_decoder.out_channels + enc[0]
         self.fusion = FusionHead(fusion_in, cfg)
 
     def forward(self, x: torch.Tensor) -> SegOutput:
         h, w = x.shape[-2:]
-        x = channels_last(_pad_to(x, DIVISOR))
+        x = channels_last(_pad_to(x, self.divisor))
         feats = self.encoder(x)
         lung = self.lung_head(self.lung_decoder(feats))
         inf_feat = self.infection_decoder(feats)
         aux = self.infection_head(inf_feat)
-        parts = [x, channels_last(torch.sigmoid(aux))]
+        stem = self.cfg.stem != "none"
+        image = channels_last(F.pixel_unshuffle(x, self.stride)) if stem else x
+        parts = [image, channels_last(torch.sigmoid(aux))]
         if self.cfg.fusion_inputs == "authors":
             parts += [inf_feat, feats[0]]
         fused = torch.cat(parts, dim=1)
-        if self.cfg.lung_gate != "none":
-            fused = fused * lung_gate(lung, self.cfg.lung_gate)
-        infection = self.fusion(fused)
+        gate = self.cfg.lung_gate
+        if gate != "none":
+            fused = fused * lung_gate(lung, gate)
+        if stem:
+            lung, aux = upsample(lung, self.stride), upsample(aux, self.stride)
+            infection = self.fusion(fused, x * lung_gate(lung, gate) if gate != "none" else x)
+        else:
+            infection = self.fusion(fused)
         return SegOutput(lung[..., :h, :w], aux[..., :h, :w], infection[..., :h, :w])
 
 

@@ -35,32 +35,72 @@ def channels_last(t: torch.Tensor) -> torch.Tensor:
 class ConvBNReLU(nn.Sequential):
     """``Conv2d -> BatchNorm2d -> ReLU`` with "same" padding for any kernel size and dilation.
 
+    The layout is always ``[conv(s)..., BN, ReLU]`` with the BN right after the last conv, which
+    :func:`fold_batchnorm` relies on.
+
     Args:
         in_ch: input channels.
         out_ch: output channels.
         kernel: odd kernel size.
         dilation: dilation rate; padding is ``dilation * (kernel - 1) // 2`` so that the spatial
-            size is kept.
+            size is kept (divided by ``stride``).
+        factorize: a kernel larger than 3 as ``k x 1`` then ``1 x k``.
+        separable: depthwise-separable: a depthwise ``k x k`` conv (``k x 1`` then ``1 x k``
+            with ``factorize``) on ``in_ch`` channels, then a pointwise ``1 x 1`` conv to
+            ``out_ch`` (MobileNet); ``kernel == 1`` stays a plain conv.
+        stride: stride of the (first) conv.
     """
 
     def __init__(
-        self, in_ch: int, out_ch: int, kernel: int = 3, dilation: int = 1, factorize: bool = False
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int = 3,
+        dilation: int = 1,
+        factorize: bool = False,
+        separable: bool = False,
+        stride: int = 1,
     ) -> None:
         if kernel % 2 != 1:
             raise ValueError(f"kernel must be odd, got {kernel}")
         pad = dilation * (kernel - 1) // 2
-        if factorize and kernel > 3:
+        if separable and kernel > 1:
+            if factorize and kernel > 3:
+                convs: list[nn.Module] = [
+                    nn.Conv2d(
+                        in_ch,
+                        in_ch,
+                        (kernel, 1),
+                        (stride, 1),
+                        (pad, 0),
+                        dilation,
+                        groups=in_ch,
+                        bias=False,
+                    ),
+                    nn.Conv2d(
+                        in_ch,
+                        in_ch,
+                        (1, kernel),
+                        (1, stride),
+                        (0, pad),
+                        dilation,
+                        groups=in_ch,
+                        bias=False,
+                    ),
+                ]
+            else:
+                convs = [
+                    nn.Conv2d(in_ch, in_ch, kernel, stride, pad, dilation, groups=in_ch, bias=False)
+                ]
+            convs.append(nn.Conv2d(in_ch, out_ch, 1, bias=False))
+        elif factorize and kernel > 3:
             # k x k as k x 1 then 1 x k (Inception-v3): same receptive field, 2k/k^2 the FLOPs.
-            convs: list[nn.Module] = [
-                nn.Conv2d(
-                    in_ch, out_ch, (kernel, 1), padding=(pad, 0), dilation=dilation, bias=False
-                ),
-                nn.Conv2d(
-                    out_ch, out_ch, (1, kernel), padding=(0, pad), dilation=dilation, bias=False
-                ),
+            convs = [
+                nn.Conv2d(in_ch, out_ch, (kernel, 1), (stride, 1), (pad, 0), dilation, bias=False),
+                nn.Conv2d(out_ch, out_ch, (1, kernel), (1, stride), (0, pad), dilation, bias=False),
             ]
         else:
-            convs = [nn.Conv2d(in_ch, out_ch, kernel, padding=pad, dilation=dilation, bias=False)]
+            convs = [nn.Conv2d(in_ch, out_ch, kernel, stride, pad, dilation, bias=False)]
         super().__init__(*convs, nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
 
 
@@ -81,7 +121,8 @@ class SeparableMaxPool(nn.Module):
         self.cols = nn.MaxPool2d((kernel, 1), stride=1, padding=(pad, 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
+        # Traced graphs (ONNX) take the pooling path: in-place maxima of views do not trace.
+        if (torch.is_grad_enabled() and x.requires_grad) or torch.jit.is_tracing():
             return self.cols(self.rows(x))
         return _shifted_max(_shifted_max(x, 3, self.kernel // 2), 2, self.kernel // 2)
 
@@ -131,6 +172,8 @@ class InceptionBlock(nn.Module):
             step at full resolution for no known benefit at p = 0.07.
         factorize: compute kernels larger than 3 as ``k x 1`` then ``1 x k`` (the efficient
             variant; not in the paper).
+        separable: depthwise-separable branch and fusion convs (see :class:`ConvBNReLU`; not in
+            the paper).
 
     Shape:
         ``(B, in_ch, H, W) -> (B, filters, H, W)``.
@@ -144,13 +187,15 @@ class InceptionBlock(nn.Module):
         kernels: tuple[tuple[int, int], ...] = ((3, 3), (5, 5), (9, 9)),
         dropout: float = 0.07,
         factorize: bool = False,
+        separable: bool = False,
     ) -> None:
         super().__init__()
         half = max(1, filters // 2)
         dilations = (1, d_rate, d_rate)
         self.branches = nn.ModuleList(
             nn.Sequential(
-                ConvBNReLU(in_ch, half, k1, d, factorize), ConvBNReLU(half, half, k2, d, factorize)
+                ConvBNReLU(in_ch, half, k1, d, factorize, separable),
+                ConvBNReLU(half, half, k2, d, factorize, separable),
             )
             for (k1, k2), d in zip(kernels, dilations, strict=True)
         )
@@ -159,8 +204,8 @@ class InceptionBlock(nn.Module):
         mid = (3 * filters + 1) // 2
         self.fuse = nn.Sequential(
             nn.Dropout2d(dropout) if dropout > 0 else nn.Identity(),
-            ConvBNReLU(cat_ch, mid, 3, d_rate),
-            ConvBNReLU(mid, filters, 3, d_rate),
+            ConvBNReLU(cat_ch, mid, 3, d_rate, separable=separable),
+            ConvBNReLU(mid, filters, 3, d_rate, separable=separable),
         )
         self.out_channels = filters
 

@@ -12,16 +12,15 @@ import csv
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from covseg.errors import DataError
-from covseg.metrics import aggregate
+from covseg.evaluation.scores import Scores
+from covseg.files import write_json, write_text
 
 __all__ = ["MODES", "ROWS", "format_markdown", "make_report"]
 
@@ -39,36 +38,33 @@ SURFACE = (("hd95_mm", "HD95 (mm)"), ("nsd_3mm", "NSD@3mm"))
 _RUN = re.compile(r"^fold(\d+)_rep(\d+)$")
 
 
-def _runs(root: Path) -> dict[int, dict[int, dict]]:
-    runs: dict[int, dict[int, dict]] = {}
+def _runs(root: Path) -> dict[int, dict[int, Scores]]:
+    runs: dict[int, dict[int, Scores]] = {}
     for d in sorted(root.iterdir()) if root.is_dir() else ():
         m = _RUN.match(d.name)
         if m and (d / "test_metrics.json").exists():
+            path = d / "test_metrics.json"
             try:
-                data = json.loads((d / "test_metrics.json").read_text())
+                record = json.loads(path.read_text())
             except (OSError, ValueError) as err:
-                raise DataError(f"{d / 'test_metrics.json'}: unreadable ({err})") from None
-            runs.setdefault(int(m.group(1)), {})[int(m.group(2))] = data
+                raise DataError(f"{path}: unreadable ({err})") from None
+            runs.setdefault(int(m.group(1)), {})[int(m.group(2))] = Scores.from_record(record, path)
     if not runs:
         raise DataError(f"{root}: no fold*_rep*/test_metrics.json (run `covseg cv` first)")
     return runs
 
 
-def _run_scores(run: dict, mode: str) -> dict[str, float]:
-    scores = aggregate(np.asarray(run["counts"]).reshape(-1, 4), run["cases"], mode)
-    if mode == "per_slice_mean" and run.get("surface"):
-        for key, _ in SURFACE:
-            vals = [v[key] for v in run["surface"].values() if not math.isnan(v[key])]
-            scores[key] = float(np.mean(vals)) if vals else math.nan
+def _run_scores(run: Scores, mode: str) -> dict[str, float]:
+    scores = run.aggregate(mode)
+    if mode == "per_slice_mean" and run.surface:
+        scores.update(run.surface_means())
     return scores
 
 
-def _table(runs: dict[int, dict[int, dict]], mode: str) -> dict[str, Any]:
+def _table(runs: dict[int, dict[int, Scores]], mode: str) -> dict[str, Any]:
     folds = sorted(runs)
     keys = [k for k, _ in ROWS]
-    surface = mode == "per_slice_mean" and any(
-        r.get("surface") for f in runs.values() for r in f.values()
-    )
+    surface = mode == "per_slice_mean" and any(r.surface for f in runs.values() for r in f.values())
     if surface:
         keys += [k for k, _ in SURFACE]
     per_fold: dict[str, list[float]] = {k: [] for k in keys}
@@ -127,12 +123,7 @@ def make_report(cv_dir: str | Path, panels: bool = True) -> dict[str, Any]:
     """
     root = Path(cv_dir)
     runs = _runs(root)
-    volume = any(
-        k == "volume"
-        for f in runs.values()
-        for r in f.values()
-        for k in r.get("kinds", {}).values()
-    )
+    volume = any(k == "volume" for f in runs.values() for r in f.values() for k in r.kinds.values())
     modes = MODES if volume else ("per_slice_mean", "pooled")
     titles = {
         "per_slice_mean": "Per-slice mean (the paper's aggregation)",
@@ -141,9 +132,9 @@ def make_report(cv_dir: str | Path, panels: bool = True) -> dict[str, Any]:
     }
     tables = {m: _table(runs, m) for m in modes}
     md = "\n".join(format_markdown(tables[m], titles[m]) for m in modes)
-    _write_text(root / "report.md", md)
-    _write_text(root / "report.csv", _csv(tables))
-    _write_text(root / "report.json", json.dumps({"volume": volume, "tables": tables}, indent=1))
+    write_text(root / "report.md", md)
+    write_text(root / "report.csv", _csv(tables))
+    write_json(root / "report.json", {"volume": volume, "tables": tables})
     if panels:
         _panels(root, runs)
     return {"markdown": md, "tables": tables, "volume": volume}
@@ -160,8 +151,8 @@ def _csv(tables: dict[str, dict]) -> str:
     return buf.getvalue()
 
 
-def _panels(root: Path, runs: dict[int, dict[int, dict]]) -> None:
-    from covseg.plots import plot_panels
+def _panels(root: Path, runs: dict[int, dict[int, Scores]]) -> None:
+    from covseg.figures.panels import plot_panels
 
     parts = []
     for f in sorted(runs):
@@ -177,10 +168,3 @@ def _panels(root: Path, runs: dict[int, dict[int, dict]]) -> None:
             root / "panels.png",
             titles=[str(t) for p in parts for t in p["title"]],
         )
-
-
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -1,17 +1,16 @@
 """Repeated k-fold cross-validation (the paper's protocol: 5 folds x 3 repeats).
 
 ``DIR/splits.json`` holds the patient folds (the same for every repeat); ``DIR/fold{k}_rep{r}/``
-is one run: training (seed ``base + r``), then its test fold evaluated with the run's own
-threshold into ``test_metrics.json``. A run with a ``test_metrics.json`` is skipped, one with a
+is one run: training (seed ``base + r``), then its test fold scored by
+:func:`~covseg.evaluation.evaluate.score_cases` — the masks ``segment`` would write, at the
+original resolution where the source files exist — with the run's own validated post-processing,
+into ``test_metrics.json``. A run with a ``test_metrics.json`` is skipped, one with a
 ``last_state.json`` is resumed, so ``covseg cv`` can be rerun after a crash.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +19,20 @@ import numpy as np
 from covseg.checkpoint import load_checkpoint
 from covseg.config import ModelConfig, TrainConfig
 from covseg.data.dataset import PreparedDataset
+from covseg.data.preprocess import normalize_intensity, resize_slices
 from covseg.data.splits import load_or_make_folds
-from covseg.inference import predict_slices, resolve_device
-from covseg.metrics import ConfusionAccumulator, surface_metrics
-from covseg.threshold import remove_small_components
-from covseg.train import train
+from covseg.evaluation.evaluate import LabelledCase, open_labelled, score_cases
+from covseg.files import write_json
+from covseg.inference.segmenter import Segmenter
+from covseg.training.loop import train
 
 __all__ = ["evaluate_test_fold", "run_cv", "run_dir"]
 
 log = logging.getLogger(__name__)
 
 PANEL_SLICES = 2
+#: Side of the panel images kept per run (``panels.npz``), whatever the original resolution.
+PANEL_SIZE = 256
 
 
 def run_dir(root: str | Path, fold: int, repeat: int) -> Path:
@@ -87,74 +89,66 @@ def run_cv(
 
 
 def evaluate_test_fold(
-    run: str | Path, data: PreparedDataset, device: str = "auto"
+    run: str | Path, data: PreparedDataset, device: str = "auto", which: str = "best"
 ) -> dict[str, Any]:
-    """Evaluate a run's best model on its test cases (at the prepared resolution).
+    """Score a run's ``which`` checkpoint on its test cases, as ``segment`` would segment them.
 
-    Writes ``run/test_metrics.json``: ``{"fold", "repeat", "threshold", "min_component",
-    "cases" (per slice), "counts" (per slice tp, fp, fn, tn), "kinds" (per case), "surface"
-    (per volume case: hd95_mm, nsd_3mm)}`` and ``run/panels.npz`` (a few test slices with the
+    Writes ``run/test_metrics.json`` (:meth:`~covseg.evaluation.evaluate.Scores.to_record` plus
+    ``fold``, ``repeat`` and ``checkpoint``) and ``run/panels.npz`` (the test slices with the
     most infection, for the report's figure).
 
     Returns:
         The dict written.
     """
+    import tempfile
+
     run = Path(run)
-    dev = resolve_device(device)
-    model, meta = load_checkpoint(run / "best.safetensors", device=dev)
-    thr, min_size = float(meta["threshold"]), int(meta["min_component"])
-    cases = meta["data"]["test_cases"]
-    acc = ConfusionAccumulator()
-    surface: dict[str, dict[str, float]] = {}
-    kinds: dict[str, str] = {}
+    model, meta = load_checkpoint(run / f"{which}.safetensors")
+    seg = Segmenter(model, meta, device=device, batch_size=16)
     panel: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, str]] = []
-    for cid in cases:
-        arrays = data.load(cid)
-        probs = predict_slices(model, arrays["image"], batch_size=16, device=dev)
-        pred = remove_small_components(probs >= thr, min_size)
-        truth = arrays["infection"].astype(bool)
-        acc.add(pred, truth, case=cid)
-        rec = data.case(cid)
-        kinds[cid] = rec.get("kind", "slice")
-        if kinds[cid] == "volume" and rec.get("spacing_mm") and rec.get("slice_thickness_mm"):
-            spacing = (float(rec["slice_thickness_mm"]), *map(float, rec["spacing_mm"]))
-            surface[cid] = surface_metrics(pred, truth, spacing)
-        areas = truth.sum(axis=(1, 2))
+
+    def keep_panels(case: LabelledCase, s: Segmenter, pred: np.ndarray) -> None:
+        areas = case.truth.sum(axis=(1, 2))
         for k in np.argsort(-areas)[:PANEL_SLICES]:
-            panel.append((int(areas[k]), arrays["image"][k], pred[k], truth[k], f"{cid} #{k}"))
+            if case.raw is not None:
+                img = normalize_intensity(case.raw[k], s.intensity_rule(case.raw[k], case.source))
+            else:
+                img = case.images01[k]  # type: ignore[index]
+            small = [
+                resize_slices(a[None], PANEL_SIZE, mask=m)[0]
+                for a, m in (
+                    (img, False),
+                    (pred[k].astype(np.uint8), True),
+                    (case.truth[k].astype(np.uint8), True),
+                )
+            ]
+            panel.append((int(areas[k]), *small, f"{case.id} #{k}"))
+
+    with tempfile.TemporaryDirectory(prefix="covseg-cv-") as tmp:
+        _, originals = open_labelled(data.root, meta.preprocessing, Path(tmp))
+    scores = score_cases(seg, data, list(meta.data.test_cases), originals, on_case=keep_panels)
+    tc = meta.train_config
     result = {
-        "fold": meta["train_config"]["fold"],
-        "repeat": meta["train_config"]["repeat"],
-        "threshold": thr,
-        "min_component": min_size,
-        "cases": acc.cases,
-        "counts": np.asarray(acc.counts).reshape(-1, 4).tolist(),
-        "kinds": kinds,
-        "surface": surface,
-        "per_slice_mean": acc.aggregate("per_slice_mean") if acc.n_items else {},
+        "fold": None if tc is None else tc.fold,
+        "repeat": None if tc is None else tc.repeat,
+        "checkpoint": which,
+        **scores.to_record(),
     }
-    _write_json(run / "test_metrics.json", result)
+    write_json(run / "test_metrics.json", result)
     panel.sort(key=lambda p: -p[0])
     if panel:
         top = panel[:PANEL_SLICES]
         np.savez_compressed(
             run / "panels.npz",
             image=np.stack([p[1] for p in top]).astype(np.float32),
-            pred=np.stack([p[2] for p in top]),
-            truth=np.stack([p[3] for p in top]),
+            pred=np.stack([p[2] for p in top]).astype(bool),
+            truth=np.stack([p[3] for p in top]).astype(bool),
             title=np.array([p[4] for p in top]),
         )
     log.info(
         "%s: test Dice %.4f (per-slice mean) on %d slices",
         run,
         result["per_slice_mean"].get("dice", float("nan")),
-        acc.n_items,
+        scores.n_items,
     )
     return result
-
-
-def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)

@@ -4,12 +4,12 @@ global state, no backend switching)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from covseg.figures import save_figure
 
 __all__ = ["plot_segmentation"]
 
@@ -71,19 +71,4 @@ def plot_segmentation(
         ax.set(xlabel="slice (inferior → superior)", ylabel=f"infection ({area_unit})")
         ax.margins(x=0)
         ax.set_ylim(bottom=0)
-    return _save(fig, Path(path))
-
-
-def _save(fig, path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=80)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return save_figure(fig, path, dpi=80)

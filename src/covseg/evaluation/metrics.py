@@ -52,44 +52,48 @@ def confusion(pred: np.ndarray, truth: np.ndarray, axes: tuple[int, ...] | None 
     return tp, fp, fn, tn
 
 
-def _ratio(num, den, both_empty, empty_value: float) -> np.ndarray:
+def _ratio(num, den, both_empty, empty: float, zero_den: float) -> np.ndarray:
+    """``num / den``; ``empty`` where truth and prediction are both empty, ``zero_den`` where
+    only the denominator is zero."""
     num = np.asarray(num, dtype=np.float64)
     den = np.asarray(den, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.where(den > 0, num / np.where(den > 0, den, 1), empty_value)
-    return np.where(both_empty, 1.0, out) if both_empty is not None else out
+        out = np.where(den > 0, num / np.where(den > 0, den, 1), zero_den)
+    return np.where(both_empty, empty, out)
 
 
+# Every metric takes the four counts (tp, fp, fn, tn), whichever it uses, so that they can be
+# called alike (:data:`_FUNCS`).
 def dice(tp, fp, fn, tn=None, *, empty: float = 1.0) -> np.ndarray:
     """``2 TP / (2 TP + FP + FN)``; ``empty`` where truth and prediction are both empty."""
     tp, fp, fn = (np.asarray(a) for a in (tp, fp, fn))
-    return _ratio(2 * tp, 2 * tp + fp + fn, (tp + fp + fn) == 0, empty)
+    return _ratio(2 * tp, 2 * tp + fp + fn, (tp + fp + fn) == 0, empty, empty)
 
 
 def iou(tp, fp, fn, tn=None, *, empty: float = 1.0) -> np.ndarray:
     """``TP / (TP + FP + FN)`` (Jaccard); ``empty`` where both are empty."""
     tp, fp, fn = (np.asarray(a) for a in (tp, fp, fn))
-    return _ratio(tp, tp + fp + fn, (tp + fp + fn) == 0, empty)
+    return _ratio(tp, tp + fp + fn, (tp + fp + fn) == 0, empty, empty)
 
 
 def ppv(tp, fp, fn, tn=None, *, empty: float = 1.0) -> np.ndarray:
     """Precision ``TP / (TP + FP)``; ``empty`` where both are empty, 0 for an empty prediction
     against a non-empty truth."""
     tp, fp, fn = (np.asarray(a) for a in (tp, fp, fn))
-    return _ratio(tp, tp + fp, (tp + fp + fn) == 0, 0.0)
+    return _ratio(tp, tp + fp, (tp + fp + fn) == 0, empty, 0.0)
 
 
 def sensitivity(tp, fp, fn, tn=None, *, empty: float = 1.0) -> np.ndarray:
     """Recall ``TP / (TP + FN)``; ``empty`` where both are empty, 0 for an empty truth with a
     non-empty prediction (nothing to find, something wrongly found)."""
     tp, fp, fn = (np.asarray(a) for a in (tp, fp, fn))
-    return _ratio(tp, tp + fn, (tp + fp + fn) == 0, 0.0)
+    return _ratio(tp, tp + fn, (tp + fp + fn) == 0, empty, 0.0)
 
 
-def specificity(tp, fp, fn, tn, *, empty: float = 1.0) -> np.ndarray:
+def specificity(tp, fp, fn, tn) -> np.ndarray:
     """``TN / (TN + FP)``; 1 where the slice has no negatives and no false positives."""
     fp, tn = np.asarray(fp), np.asarray(tn)
-    return _ratio(tn, tn + fp, (tn + fp) == 0, 1.0)
+    return _ratio(tn, tn + fp, (tn + fp) == 0, 1.0, 1.0)
 
 
 _FUNCS = {

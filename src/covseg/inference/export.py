@@ -6,8 +6,10 @@ preprocessing size; the outputs are the logits ``lung``, ``infection_aux`` and `
 fixed because the network pads to a multiple of 16 with amounts that tracing freezes; resize
 slices to ``S`` as ``covseg segment`` does.
 
-The ONNX file's metadata (``metadata_props``) carries the threshold, the minimum component size,
-the preprocessing parameters and the sha256 of the source weights.
+The ONNX file's metadata (``metadata_props``) carries the post-processing (threshold, minimum
+component size, lung margin: apply :func:`covseg.inference.postprocess.postprocess` to the
+probabilities for the masks ``segment`` writes), the preprocessing and the sha256 of the source
+weights.
 """
 
 from __future__ import annotations
@@ -18,13 +20,15 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from covseg.config import to_dict
 from covseg.errors import CheckpointError
 
-__all__ = ["OUTPUT_NAMES", "export_onnx"]
+__all__ = ["OUTPUT_NAMES", "Heads", "export_onnx", "heads_module", "trace_onnx"]
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +36,7 @@ log = logging.getLogger(__name__)
 OUTPUT_NAMES = ("lung", "infection_aux", "infection")
 
 
-class _Heads(nn.Module):
+class Heads(nn.Module):
     """The model with a plain tuple output (ONNX has no NamedTuple)."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -64,12 +68,12 @@ def export_onnx(
     """
     import onnx
 
-    from covseg.checkpoint import load_checkpoint, pretrained_path
+    from covseg.checkpoint import load_checkpoint, resolve_checkpoint
 
-    src = pretrained_path() if str(checkpoint) == "pretrained" else Path(checkpoint)
+    src = resolve_checkpoint(checkpoint)
     model, meta = load_checkpoint(src)
-    side = int(size or (meta.get("preprocessing") or {}).get("size", 256))
-    wrapped = _Heads(model).eval()
+    side = int(size or meta.preprocessing.size)
+    wrapped = heads_module(model)
     dummy = torch.zeros(2, 1, side, side)
     with torch.inference_mode():
         if any(t is None for t in wrapped(dummy)):
@@ -84,14 +88,16 @@ def export_onnx(
         # constant for the fixed side, hence the filter.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            _export(wrapped, dummy, tmp, opset)
+            trace_onnx(wrapped, dummy, tmp, opset)
         proto = onnx.load(tmp)
+        post = meta.postprocessing
         props = {
-            "covseg_version": str(meta.get("covseg_version", "")),
-            "sha256": str(meta.get("sha256", "")),
-            "threshold": json.dumps(meta.get("threshold", 0.5)),
-            "min_component": json.dumps(meta.get("min_component", 0)),
-            "preprocessing": json.dumps({**(meta.get("preprocessing") or {}), "size": side}),
+            "covseg_version": meta.covseg_version,
+            "sha256": meta.model_id,
+            "threshold": json.dumps(post.threshold),
+            "min_component": json.dumps(post.min_component),
+            "postprocessing": json.dumps(to_dict(post)),
+            "preprocessing": json.dumps({**meta.preprocessing.to_record(), "size": side}),
         }
         onnx.helper.set_model_props(proto, props)
         onnx.save(proto, tmp)
@@ -102,7 +108,14 @@ def export_onnx(
     return out
 
 
-def _export(model: nn.Module, dummy: torch.Tensor, path: str, opset: int) -> None:
+def heads_module(model: nn.Module) -> Heads:
+    """``model`` in eval mode with a plain ``(lung, infection_aux, infection)`` tuple output."""
+    return Heads(model).eval()
+
+
+def trace_onnx(model: nn.Module, dummy: torch.Tensor, path: Any, opset: int = 17) -> None:
+    """Export ``model`` (from :func:`heads_module`) with a dynamic batch axis to ``path`` (a file
+    name or a binary buffer)."""
     torch.onnx.export(
         model,
         (dummy,),

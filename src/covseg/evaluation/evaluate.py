@@ -1,0 +1,271 @@
+"""``covseg evaluate``: a checkpoint against a labelled dataset, scored on what ``segment`` writes.
+
+The data may be a prepared dataset or a raw folder (``slices``, ``zenodo20``, ... — prepared on
+the fly into a temporary folder with the checkpoint's preprocessing). Each case's ORIGINAL images
+are read from the source files (for a prepared dataset: the source recorded in its manifest) and
+segmented by :class:`~covseg.inference.segmenter.Segmenter` exactly as ``covseg segment`` does
+(same intensity rule, resizing, network, post-processing with the lung restriction), and the
+masks are compared with the original masks at the original resolution. Where the source files
+are gone, or a case comes from a stacked volume (medseg ``tr_im``), the prepared slices are
+segmented and scored at the prepared resolution instead (with a warning).
+
+:class:`~covseg.evaluation.scores.Scores` is the one schema of per-slice counts: ``evaluate``
+summarises it, ``cv`` writes it as a run's ``test_metrics.json``, ``report`` reads it back.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from covseg.checkpoint import load_checkpoint
+from covseg.config import Preprocessing, to_dict
+from covseg.data.dataset import PreparedDataset
+from covseg.data.geometry import canonical_spacing, volume_to_slices
+from covseg.data.io import Image, read_image
+from covseg.data.layouts import Case, discover
+from covseg.data.prepare import prepare
+from covseg.errors import CovsegError, DataError
+from covseg.evaluation.metrics import METRICS
+from covseg.evaluation.scores import Scores
+from covseg.files import write_json
+from covseg.inference.segmenter import Segmenter
+
+__all__ = [
+    "LabelledCase",
+    "evaluate",
+    "format_table",
+    "labelled_cases",
+    "open_labelled",
+    "score_cases",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LabelledCase:
+    """One case to score, in canonical ``(N, H, W)`` slices.
+
+    Attributes:
+        id: case id.
+        kind: ``"slice"`` or ``"volume"``.
+        truth: boolean infection truth.
+        spacing: ``(slice_mm, row_mm, col_mm)`` or ``None``.
+        raw: original intensities (HU or 8-bit) at the original resolution, or ``None`` where
+            only the prepared slices are available.
+        images01: the prepared ``(N, S, S)`` slices when ``raw`` is ``None``.
+        source: where the slices came from (messages).
+    """
+
+    id: str
+    kind: str
+    truth: np.ndarray
+    spacing: tuple[float, float, float] | None
+    raw: np.ndarray | None = None
+    images01: np.ndarray | None = None
+    source: str = ""
+
+    @property
+    def resolution(self) -> str:
+        return "prepared" if self.raw is None else "original"
+
+
+def open_labelled(
+    data: Path, pre: Preprocessing, tmp: Path
+) -> tuple[PreparedDataset, dict[str, Case]]:
+    """The prepared dataset of ``data`` (preparing a raw folder into ``tmp`` with ``pre``'s size
+    and intensity rule) and, where its source files exist, its original cases by id."""
+    if (data / "manifest.json").exists():
+        prepared = PreparedDataset(data)
+        params = prepared.manifest.get("params", {})
+        size = int(params.get("size", 0))
+        if size != pre.size:
+            log.warning("%s: prepared at %d px, the model at %d px", data, size, pre.size)
+        try:
+            _, cases = discover(
+                Path(prepared.manifest.get("source", "")),
+                prepared.manifest.get("layout", "auto"),
+                masks_dir=params.get("masks_dir", "masks"),
+                pseudo=params.get("pseudo", False),
+                group=params.get("group"),
+                include_effusion=params.get("include_effusion", False),
+            )
+        except DataError as err:
+            log.warning("%s: original files unavailable (%s); scoring at %d px", data, err, size)
+            cases = []
+        return prepared, {c.id: c for c in cases}
+    out = prepare(data, tmp / "prepared", size=pre.size, intensity=pre.intensity)
+    prepared = PreparedDataset(out)
+    _, cases = discover(data, prepared.manifest.get("layout", "auto"))
+    return prepared, {c.id: c for c in cases}
+
+
+def _original(case: Case, rotate: int) -> tuple[np.ndarray, np.ndarray, Any] | None:
+    """``(raw slices, infection truth, (slice, row, col) mm or None)`` at the original
+    resolution, or ``None`` (stacked volumes, slices of different sizes)."""
+    raws, truths, spacing = [], [], None
+    for src in case.sources:
+        if src.index is not None:
+            return None
+        img = read_image(src.image)
+        inf = np.zeros(img.array.shape, dtype=bool)
+        for mf in src.masks:
+            if not mf.infection:
+                continue
+            a = np.asarray(read_image(mf.path).array)
+            if a.shape != img.array.shape:
+                raise DataError(f"{mf.path}: mask shape {a.shape} != image shape {img.array.shape}")
+            if mf.threshold is not None:
+                inf |= a >= mf.threshold
+            elif mf.binary:
+                inf |= a > 0
+            else:
+                inf |= np.isin(np.round(a).astype(np.int64), mf.infection)
+        raw, truth = (
+            volume_to_slices(img),
+            volume_to_slices(Image(inf, img.affine, img.kind, img.path)),
+        )
+        if rotate:
+            raw, truth = np.rot90(raw, rotate, (1, 2)), np.rot90(truth, rotate, (1, 2))
+        raws.append(np.ascontiguousarray(raw))
+        truths.append(np.ascontiguousarray(truth))
+        sp = canonical_spacing(img)
+        if sp is not None:
+            row, col = (sp[1], sp[0]) if rotate % 2 else (sp[0], sp[1])
+            spacing = (sp[2], row, col)
+    if len({r.shape[1:] for r in raws}) != 1:
+        return None
+    return np.concatenate(raws), np.concatenate(truths), spacing
+
+
+def labelled_cases(
+    prepared: PreparedDataset, case_ids: list[str], originals: dict[str, Case]
+) -> Iterator[LabelledCase]:
+    """The cases of ``case_ids`` at their original resolution where possible (module
+    docstring), one at a time."""
+    rotate = int(prepared.manifest.get("params", {}).get("rotate", 0) or 0) % 4
+    for cid in case_ids:
+        rec = prepared.case(cid)
+        kind = rec.get("kind", "slice")
+        orig = _original(originals[cid], rotate) if cid in originals else None
+        if orig is not None and len(orig[0]) == rec["n_slices"]:
+            raw, truth, spacing = orig
+            yield LabelledCase(cid, kind, truth, spacing, raw=raw, source=rec.get("source", ""))
+            continue
+        arrays = prepared.load(cid)
+        spacing = None
+        if rec.get("spacing_mm") and rec.get("slice_thickness_mm"):
+            spacing = (float(rec["slice_thickness_mm"]), *map(float, rec["spacing_mm"]))
+        yield LabelledCase(
+            cid,
+            kind,
+            arrays["infection"].astype(bool),
+            spacing,  # type: ignore[arg-type]
+            images01=arrays["image"].astype(np.float32),
+            source=str(prepared.root / rec["file"]),
+        )
+
+
+def score_cases(
+    seg: Segmenter,
+    prepared: PreparedDataset,
+    case_ids: list[str],
+    originals: dict[str, Case],
+    *,
+    on_case: Any = None,
+) -> Scores:
+    """Segment and score cases (the core of :func:`evaluate` and of ``cv``'s test folds).
+
+    Args:
+        seg: the model with its pre- and post-processing.
+        prepared: the prepared dataset.
+        case_ids: cases to score.
+        originals: original cases by id (:func:`open_labelled`).
+        on_case: optional ``callable(case, images01, pred)`` (e.g. to collect figure panels).
+    """
+    scores = Scores(postprocessing=to_dict(seg.post))
+    for case in labelled_cases(prepared, case_ids, originals):
+        if case.raw is not None:
+            rule = seg.intensity_rule(case.raw, case.source)
+            lung = np.zeros(case.raw.shape, dtype=np.uint8)
+            pred = np.zeros(case.raw.shape, dtype=np.uint8)
+            seg.segment_slices(case.raw, lung, pred, rule=rule)
+            pred = pred.astype(bool)
+        else:
+            assert case.images01 is not None
+            pred = seg.segment_prepared(case.images01).infection
+        scores.add(case, pred)
+        if on_case is not None:
+            on_case(case, seg, pred)
+    return scores
+
+
+def evaluate(
+    checkpoint: str | Path,
+    data: str | Path,
+    json_out: str | Path | None = None,
+    *,
+    threshold: float | None = None,
+    batch_size: int = 16,
+    device: str = "auto",
+    tta: bool = False,
+    backend: str = "torch",
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on a labelled dataset (see the module docstring).
+
+    Args:
+        checkpoint: ``RUN/best.safetensors`` (or ``.json``), or ``"pretrained"``.
+        data: a prepared dataset or a raw dataset folder.
+        json_out: where to write the result as JSON (optional).
+        threshold: probability threshold; default: the checkpoint's chosen one.
+        batch_size: slices per forward pass.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        tta: add left-right flip test-time augmentation.
+        backend: how the network runs (:data:`~covseg.inference.predict.BACKENDS`).
+
+    Returns:
+        :meth:`Scores.summary`.
+
+    Raises:
+        CheckpointError: a missing or damaged checkpoint.
+        DataError: unusable data.
+    """
+    model, meta = load_checkpoint(checkpoint)
+    if threshold is not None:
+        try:
+            post = meta.postprocessing.replace(threshold=threshold)
+        except ValueError as err:
+            raise CovsegError(f"--threshold: {err}") from None
+        meta = meta.replace(postprocessing=post)
+    seg = Segmenter(model, meta, device=device, batch_size=batch_size, tta=tta, backend=backend)
+    with tempfile.TemporaryDirectory(prefix="covseg-eval-") as tmp:
+        prepared, originals = open_labelled(Path(data), meta.preprocessing, Path(tmp))
+        scores = score_cases(seg, prepared, prepared.case_ids, originals)
+    result = scores.summary()
+    if json_out is not None:
+        write_json(json_out, result)
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A Markdown table of :func:`evaluate`'s result (rows metrics, columns modes)."""
+    modes = [m for m in ("per_slice_mean", "per_volume_mean", "pooled") if m in result]
+    lines = [
+        f"{result['n_items']} slices, threshold {result['threshold']:.2f}",
+        "",
+        "| Metric | " + " | ".join(modes) + " |",
+        "|---|" + "---|" * len(modes),
+    ]
+    for m in METRICS:
+        lines.append(f"| {m} | " + " | ".join(f"{result[k][m]:.4f}" for k in modes) + " |")
+    for key in ("hd95_mm", "nsd_3mm"):
+        if key in result:
+            lines.append(f"| {key} | {result[key]:.4f} |" + " |" * (len(modes) - 1))
+    return "\n".join(lines)

@@ -1,0 +1,131 @@
+"""Per-slice confusion counts of scored cases: the one schema that ``evaluate`` summarises,
+``cv`` writes as a run's ``test_metrics.json`` and ``report`` reads back."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from covseg.errors import DataError
+from covseg.evaluation.metrics import aggregate, confusion, surface_metrics
+
+if TYPE_CHECKING:
+    from covseg.evaluation.evaluate import LabelledCase
+
+__all__ = ["Scores"]
+
+
+@dataclass
+class Scores:
+    """Per-slice confusion counts of scored cases, with what aggregates need.
+
+    Attributes:
+        cases: the case id of every slice.
+        counts: ``(tp, fp, fn, tn)`` of every slice.
+        kinds: ``"slice"`` or ``"volume"`` per case.
+        surface: HD95 / NSD@3mm per volume case with a known spacing.
+        resolution: per case, ``"original"`` or ``"prepared"``.
+        postprocessing: the post-processing that made the masks (a JSON dict).
+    """
+
+    cases: list[str] = field(default_factory=list)
+    counts: list[list[int]] = field(default_factory=list)
+    kinds: dict[str, str] = field(default_factory=dict)
+    surface: dict[str, dict[str, float]] = field(default_factory=dict)
+    resolution: dict[str, str] = field(default_factory=dict)
+    postprocessing: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, case: LabelledCase, pred: np.ndarray) -> None:
+        """Score ``(N, H, W)`` predicted infection of ``case``."""
+        tp, fp, fn, tn = confusion(pred, case.truth, axes=(1, 2))
+        self.counts += np.stack([tp, fp, fn, tn], axis=1).tolist()
+        self.cases += [case.id] * len(tp)
+        self.kinds[case.id] = case.kind
+        self.resolution[case.id] = case.resolution
+        if case.kind == "volume" and case.spacing is not None:
+            self.surface[case.id] = surface_metrics(pred, case.truth, tuple(case.spacing))
+
+    @property
+    def n_items(self) -> int:
+        return len(self.counts)
+
+    def aggregate(self, mode: str) -> dict[str, float]:
+        return aggregate(np.asarray(self.counts, dtype=np.int64).reshape(-1, 4), self.cases, mode)
+
+    def surface_means(self) -> dict[str, float]:
+        """Mean HD95 and NSD over the volume cases (NaN HD95 of an empty prediction skipped)."""
+        out = {}
+        for key in ("hd95_mm", "nsd_3mm"):
+            vals = [s[key] for s in self.surface.values() if not math.isnan(s[key])]
+            out[key] = float(np.mean(vals)) if vals else float("nan")
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """``evaluate``'s result: ``n_items``, ``threshold``, ``per_slice_mean``, ``pooled``, and
+        for volume data ``per_volume_mean``, ``hd95_mm``, ``nsd_3mm``."""
+        result: dict[str, Any] = {
+            "n_items": self.n_items,
+            "threshold": self.postprocessing.get("threshold"),
+            "per_slice_mean": self.aggregate("per_slice_mean"),
+            "pooled": self.aggregate("pooled"),
+        }
+        if "volume" in self.kinds.values():
+            result["per_volume_mean"] = self.aggregate("per_volume_mean")
+            result.update(self.surface_means())
+        return result
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON record (``test_metrics.json`` of a cross-validation run)."""
+        return {
+            "postprocessing": self.postprocessing,
+            "threshold": self.postprocessing.get("threshold"),
+            "min_component": self.postprocessing.get("min_component"),
+            "cases": self.cases,
+            "counts": self.counts,
+            "kinds": self.kinds,
+            "surface": self.surface,
+            "resolution": self.resolution,
+            "per_slice_mean": self.aggregate("per_slice_mean") if self.n_items else {},
+        }
+
+    @classmethod
+    def from_record(cls, record: Any, where: str | Path) -> Scores:
+        """Inverse of :meth:`to_record`, validated.
+
+        Raises:
+            DataError: a damaged record.
+        """
+        try:
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+            counts = np.asarray(record["counts"], dtype=np.int64)
+            cases = [str(c) for c in record["cases"]]
+            if counts.size and (counts.ndim != 2 or counts.shape[1] != 4 or (counts < 0).any()):
+                raise ValueError(
+                    f"counts must be rows of 4 non-negative integers, got {counts.shape}"
+                )
+            if len(cases) != len(counts):
+                raise ValueError(f"{len(cases)} case ids for {len(counts)} count rows")
+            surface = {
+                str(k): {m: float(v[m]) for m in ("hd95_mm", "nsd_3mm")}
+                for k, v in (record.get("surface") or {}).items()
+            }
+            kinds = {str(k): str(v) for k, v in (record.get("kinds") or {}).items()}
+            post = record.get("postprocessing") or {
+                "threshold": record.get("threshold"),
+                "min_component": record.get("min_component"),
+            }
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise DataError(f"{where}: damaged metrics ({err})") from None
+        return cls(
+            cases=cases,
+            counts=counts.reshape(-1, 4).tolist(),
+            kinds=kinds,
+            surface=surface,
+            resolution=dict(record.get("resolution") or {}),
+            postprocessing=dict(post),
+        )

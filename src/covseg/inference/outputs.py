@@ -1,0 +1,172 @@
+"""File outputs of ``covseg segment``: masks, report JSON and overlay per case, and the run over
+all inputs.
+
+Per case (``<case>`` is the input's name without its image suffix): ``<case>_lungs.nii.gz`` and
+``<case>_infection.nii.gz`` (uint8, the input's shape, affine and orientation; ``.png`` for picture
+inputs), ``<case>_overlay.png`` and ``<case>_report.json``. They are written into a private
+temporary folder inside the output folder and renamed into place only when the whole case is
+done (the report last: its presence marks a complete case), so a failure leaves nothing partial
+and concurrent runs writing into one folder never see each other's half-written files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from covseg.data.geometry import canonical_view
+from covseg.data.io import Image, find_inputs, strip_suffix, write_mask
+from covseg.data.preprocess import normalize_intensity
+from covseg.errors import DataError
+from covseg.files import file_mode, temporary_dir
+from covseg.inference.burden import BurdenReport
+from covseg.inference.segmenter import Segmenter, SegmentResult
+
+__all__ = ["OVERLAY_SLICES", "case_name", "format_summary", "segment_files", "write_case"]
+
+log = logging.getLogger(__name__)
+
+#: Number of slices shown in the overlay figure.
+OVERLAY_SLICES = 3
+
+
+def case_name(path: str | Path) -> str:
+    """The output prefix of an input: its name without the image suffix."""
+    return strip_suffix(Path(path).name)
+
+
+def write_case(image: Image, result: SegmentResult, out_dir: str | Path) -> dict[str, Path]:
+    """Write one case's masks, overlay and report into ``out_dir`` (see the module docstring).
+
+    Returns:
+        ``{"lungs", "infection", "overlay", "report"}`` paths.
+    """
+    from covseg.figures.overlay import plot_segmentation
+
+    out_dir = Path(out_dir)
+    report = result.report
+    case = report.case or case_name(image.path)
+    ext = ".png" if image.array.ndim == 2 else ".nii.gz"
+    names = {
+        "lungs": f"{case}_lungs{ext}",
+        "infection": f"{case}_infection{ext}",
+        "overlay": f"{case}_overlay.png",
+        "report": f"{case}_report.json",  # last: its presence marks a complete case
+    }
+    with temporary_dir(out_dir, prefix=f".{case[:100]}.") as tmp:
+        write_mask(result.lungs, image, tmp / names["lungs"])
+        write_mask(result.infection, image, tmp / names["infection"])
+        images01, lungs, infs, ids = _overlay_slices(image, result)
+        plot_segmentation(
+            images01,
+            lungs,
+            infs,
+            report.infection_area_per_slice,
+            tmp / names["overlay"],
+            slice_ids=ids,
+            area_unit="mm²" if report.area_unit == "mm2" else "px",
+        )
+        (tmp / names["report"]).write_text(json.dumps(report.to_dict(), indent=1))
+        mode = file_mode()  # temp files are created 0600; give outputs the usual mode
+        for name in names.values():
+            os.chmod(tmp / name, mode)
+            os.replace(tmp / name, out_dir / name)
+    return {key: out_dir / name for key, name in names.items()}
+
+
+def _overlay_slices(
+    image: Image, result: SegmentResult
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """The :data:`OVERLAY_SLICES` canonical slices with the most infection (else most lung)."""
+    views = [canonical_view(x, image) for x in (image.array, result.lungs, result.infection)]
+    area = np.asarray(result.report.infection_area_per_slice, dtype=float)
+    if not area.any():
+        area = views[1].sum(axis=(1, 2), dtype=np.int64).astype(float)
+    ids = sorted(int(k) for k in np.argsort(-area, kind="stable")[:OVERLAY_SLICES])
+    images01 = normalize_intensity(views[0][ids], result.report.intensity_rule)
+    return images01, views[1][ids], views[2][ids], ids
+
+
+def segment_files(
+    inputs: Iterable[str | Path],
+    out_dir: str | Path,
+    *,
+    checkpoint: str | Path = "pretrained",
+    tta: bool = False,
+    batch_size: int = 8,
+    device: str = "auto",
+    backend: str = "torch",
+    progress: bool = False,
+) -> list[BurdenReport]:
+    """``covseg segment``: every input (files, DICOM folders, folders of them) into ``out_dir``.
+
+    The checkpoint and the list of inputs are checked before any case runs; cases then run one
+    after the other, each written completely or not at all (:func:`write_case`). The first bad
+    case stops the run (the cases before it stay, complete).
+
+    Args:
+        inputs: paths given on the command line.
+        out_dir: output folder.
+        checkpoint: a checkpoint path, or ``"pretrained"`` for the shipped model.
+        tta: flip test-time augmentation.
+        batch_size: slices per forward pass.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        backend: how the network runs (:data:`~covseg.inference.predict.BACKENDS`).
+        progress: one tqdm bar per case on stderr.
+
+    Returns:
+        The reports, in input order.
+
+    Raises:
+        DataError: a missing input, a folder with nothing readable, two inputs with one case
+            name, or a bad case.
+        CheckpointError: the checkpoint fails its checks or has no lung head.
+    """
+    paths = [p for given in inputs for p in find_inputs(given)]
+    if not paths:
+        raise DataError("no input given")
+    seen: dict[str, Path] = {}
+    for p in paths:
+        name = case_name(p)
+        if name in seen and seen[name] != p:
+            raise DataError(f"{p}: same case name {name!r} as {seen[name]}; outputs would collide")
+        seen[name] = p
+    paths = list(dict.fromkeys(paths))
+    seg = Segmenter.from_checkpoint(
+        checkpoint, device=device, batch_size=batch_size, tta=tta, backend=backend
+    )
+    seg.require_lung_head()
+    reports = []
+    for p in paths:
+        result = seg.predict_file(p, out_dir, progress=progress)
+        log.debug("%s -> %s", p, result.paths["report"])
+        reports.append(result.report)
+    return reports
+
+
+def format_summary(reports: Sequence[BurdenReport]) -> str:
+    """A text table: case, lung mL, infection mL, percent infected (``-`` where unknown)."""
+
+    def cell(v: float | None, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    rows = [("case", "lung mL", "infection mL", "infected %")]
+    for r in reports:
+        rows.append(
+            (
+                str(r.case),
+                cell(r.total.lung_volume_ml, ".1f"),
+                cell(r.total.infection_volume_ml, ".1f"),
+                cell(r.total.infection_percent, ".2f") if r.lung_found else "no lung",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(row))
+        for row in rows
+    )

@@ -1,0 +1,386 @@
+"""Lung and infection segmentation of whole scans, arrays in and arrays out.
+
+Pipeline, one batch of canonical axial slices at a time (peak memory: the input, the two uint8
+output masks, and one batch; nothing per slice is kept in float):
+
+1. intensities -> ``[0, 1]`` with the checkpoint's rule (``"auto"`` tells HU from 8-bit per scan),
+   resized to the model's square input size;
+2. probabilities of the lung and final infection heads (:class:`~covseg.inference.predict.Predictor`:
+   batching, device, flip TTA, batch norm folded);
+3. masks at the slice's own size by :func:`~covseg.inference.postprocess.postprocess` — the step
+   that ``evaluate``, ``cv`` and training validation share;
+4. the masks are written straight into arrays of the input's shape and voxel order through a view
+   of the canonical orientation (:func:`~covseg.data.geometry.canonical_view`).
+
+File outputs (masks, report JSON, overlay) are :mod:`covseg.inference.outputs`' job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from covseg.checkpoint import load_checkpoint
+from covseg.data.geometry import canonical_spacing, canonical_view, voxel_volume_ml
+from covseg.data.io import Image
+from covseg.data.preprocess import detect_intensity_rule, normalize_intensity, resize_slices
+from covseg.errors import CheckpointError, DataError
+from covseg.inference.burden import BurdenReport, burden_report
+from covseg.inference.postprocess import (
+    Masks,
+    masks_from_probabilities,
+    postprocess,
+    resize_probabilities,
+)
+from covseg.inference.predict import Predictor, Probabilities
+from covseg.meta import CheckpointMeta
+
+__all__ = ["MAX_SIDE", "SegmentResult", "Segmenter"]
+
+#: Largest slice side accepted (pixels). Larger pictures are refused with a clear message rather
+#: than costing gigabytes: chest CT is 512-1024 px; downsample anything larger first.
+MAX_SIDE = 4096
+#: Output pixels post-processed per batch: the batch shrinks for large slices, so the float
+#: probabilities at full resolution stay within ~100 MB whatever the slice size.
+PIXELS_PER_BATCH = 8 * 512 * 512
+
+
+@dataclass
+class SegmentResult:
+    """Masks and report of one scan.
+
+    Attributes:
+        lungs: uint8 ``{0, 1}`` lungs, the input's shape and voxel order (includes infection).
+        infection: uint8 ``{0, 1}`` infection, the input's shape and voxel order.
+        report: the infection-burden report (``report.to_dict()`` is the JSON).
+        paths: the files written by :meth:`Segmenter.predict_file` (empty for arrays).
+    """
+
+    lungs: np.ndarray
+    infection: np.ndarray
+    report: BurdenReport
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+class Segmenter:
+    """A loaded model with its pre- and post-processing, ready to segment scans.
+
+    Args:
+        model: a network returning :class:`~covseg.models.SegOutput`.
+        meta: its checkpoint metadata (input size, intensity rule, post-processing, sha256).
+        device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+        batch_size: slices per forward pass (peak memory grows with it, not with the scan).
+        tta: average with the predictions of the left-right flipped slices.
+        backend: how the network runs (:data:`~covseg.inference.predict.BACKENDS`).
+
+    Raises:
+        CovsegError: ``device="cuda"`` without CUDA, ``batch_size < 1``, a bad backend.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        meta: CheckpointMeta,
+        *,
+        device: str | torch.device = "auto",
+        batch_size: int = 8,
+        tta: bool = False,
+        backend: str = "torch",
+    ) -> None:
+        self.meta = meta
+        self.predictor = Predictor(
+            model,
+            device=device,
+            batch_size=batch_size,
+            tta=tta,
+            backend=backend,
+            size=meta.preprocessing.size,
+        )
+        self.post = meta.postprocessing
+        self.size = meta.preprocessing.size
+        self.intensity = meta.preprocessing.intensity
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        *,
+        device: str | torch.device = "auto",
+        batch_size: int = 8,
+        tta: bool = False,
+        backend: str = "torch",
+    ) -> Segmenter:
+        """Load a checkpoint (``"pretrained"`` or ``.safetensors`` + ``.json``), its hash and
+        format checked.
+
+        Raises:
+            CheckpointError: missing files, a hash mismatch, a newer format, a bad field.
+        """
+        model, meta = load_checkpoint(path)
+        return cls(model, meta, device=device, batch_size=batch_size, tta=tta, backend=backend)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        *,
+        device: str | torch.device = "auto",
+        batch_size: int = 8,
+        tta: bool = False,
+        backend: str = "torch",
+    ) -> Segmenter:
+        """The model shipped with covseg (``covseg/pretrained/model.safetensors``).
+
+        Raises:
+            CheckpointError: no pretrained model in this install, or it fails its checks.
+        """
+        return cls.from_checkpoint(
+            "pretrained", device=device, batch_size=batch_size, tta=tta, backend=backend
+        )
+
+    @property
+    def model_id(self) -> str:
+        """sha256 of the weights file."""
+        return self.meta.model_id
+
+    @property
+    def tta(self) -> bool:
+        return self.predictor.tta
+
+    @property
+    def device(self) -> torch.device:
+        return self.predictor.device
+
+    def require_lung_head(self) -> None:
+        """Raises :class:`~covseg.errors.CheckpointError` for a model without a lung head (the
+        single-task U-Net baseline): a burden report needs lungs."""
+        if not self.predictor.has_lung_head:
+            raise CheckpointError("segment needs a bifurcated model (this one has no lung head)")
+
+    # ------------------------------------------------------------------------------- core
+    def intensity_rule(self, slices: np.ndarray, path: str | Path) -> str:
+        """Check ``(N, H, W)`` slices; the intensity rule applied to them (the checkpoint's, or
+        told from the values).
+
+        Raises:
+            DataError: slices larger than :data:`MAX_SIDE`, NaN/inf values, or a range that fits
+                neither rule.
+        """
+        if max(slices.shape[1:]) > MAX_SIDE:
+            h, w = slices.shape[1:]
+            raise DataError(
+                f"{path}: {h}x{w} px slices are larger than covseg's {MAX_SIDE} px limit; "
+                "downsample the image first"
+            )
+        # min/max propagate NaN and show inf without a full-size temporary (np.isfinite).
+        if (
+            np.issubdtype(slices.dtype, np.floating)
+            and not np.isfinite([np.min(slices), np.max(slices)]).all()
+        ):
+            raise DataError(f"{path}: NaN/inf values")
+        if self.intensity != "auto":
+            return self.intensity
+        try:
+            return detect_intensity_rule(slices)
+        except DataError as err:
+            raise DataError(f"{path}: {err}") from None
+
+    def probabilities(
+        self, slices: np.ndarray, *, rule: str, progress: str | None = None
+    ) -> Iterator[tuple[int, Probabilities]]:
+        """Steps 1-2 of the module docstring, batch by batch: ``(first slice index, head
+        probabilities at the slices' own (H, W))`` for raw canonical ``(N, H, W)`` slices.
+
+        Args:
+            slices: intensities as read (HU or 8-bit).
+            rule: intensity rule (:meth:`intensity_rule`).
+            progress: a tqdm bar on stderr with this label.
+        """
+        from tqdm.auto import tqdm
+
+        n, h, w = slices.shape
+        step = max(1, min(self.predictor.batch_size, PIXELS_PER_BATCH // (h * w)))
+        with tqdm(
+            total=n, desc=progress, unit="slice", disable=progress is None, leave=False
+        ) as bar:
+            for i in range(0, n, step):
+                raw = np.ascontiguousarray(slices[i : i + step])
+                x = resize_slices(normalize_intensity(raw, rule), self.size, mask=False)
+                yield i, resize_probabilities(self.predictor(x), (h, w))
+                bar.update(len(raw))
+
+    def segment_slices(
+        self,
+        slices: np.ndarray,
+        out_lung: np.ndarray,
+        out_inf: np.ndarray,
+        *,
+        rule: str,
+        progress: str | None = None,
+    ) -> None:
+        """Fill ``out_lung``/``out_inf`` (``(N, H, W)``, views allowed) from raw canonical
+        ``(N, H, W)`` slices (steps 1-3 of the module docstring); ``out_lung`` gets zeros for a
+        model without a lung head.
+        """
+        for i, probs in self.probabilities(slices, rule=rule, progress=progress):
+            masks = masks_from_probabilities(*probs, self.post, self.size)
+            k = len(masks.infection)
+            out_lung[i : i + k] = 0 if masks.lung is None else masks.lung
+            out_inf[i : i + k] = masks.infection
+
+    def segment_prepared(self, images01: np.ndarray) -> Masks:
+        """Masks of slices already normalised (a prepared dataset's ``(N, S', S')`` images in
+        ``[0, 1]``), through the same resizing, network and post-processing as
+        :meth:`segment_slices`; masks at ``S' x S'``."""
+        if images01.ndim != 3:
+            raise DataError(f"prepared slices must be (N, S, S), got {images01.shape}")
+        x = resize_slices(np.asarray(images01, dtype=np.float32), self.size, mask=False)
+        return postprocess(self.predictor(x), self.post, images01.shape[1:], self.size)
+
+    # ------------------------------------------------------------------------------ arrays
+    def predict_volume(
+        self,
+        volume: np.ndarray,
+        *,
+        spacing: Sequence[float] | None = None,
+        affine: np.ndarray | None = None,
+        progress: bool = False,
+    ) -> SegmentResult:
+        """Segment an array (HU or 8-bit intensities); nothing touches the disk.
+
+        Three layouts are accepted:
+
+        - ``(X, Y, Z)`` voxels with a 4x4 ``affine`` (voxel -> RAS mm, as nibabel gives them):
+          any orientation; ``spacing`` must be ``None`` (it comes from the affine).
+        - ``(N, H, W)`` axial slices already in the canonical display orientation (rows anterior
+          -> posterior, columns patient right -> left, slices inferior -> superior), no affine;
+          ``spacing`` is ``(slice_mm, row_mm, col_mm)`` in the array's axis order, or ``None``
+          (volumes are then reported as ``null`` and areas in pixels).
+        - ``(H, W)``: one displayed slice; ``spacing`` is ``(row_mm, col_mm)`` or ``None``.
+
+        Args:
+            volume: the array (any real dtype, finite).
+            spacing: millimetres per array axis (see above).
+            affine: voxel -> world for ``(X, Y, Z)`` arrays.
+            progress: show a tqdm bar on stderr.
+
+        Returns:
+            :class:`SegmentResult` with masks of ``volume``'s shape.
+
+        Raises:
+            DataError: wrong number of dimensions, NaN/inf, an intensity range that fits neither
+                rule, a spacing or affine that does not fit.
+            CheckpointError: a model without a lung head.
+        """
+        volume = np.asarray(volume)
+        if volume.ndim not in (2, 3) or volume.size == 0:
+            raise DataError(f"<array>: expected a 2-D or 3-D array, got shape {volume.shape}")
+        if affine is not None:
+            affine = np.asarray(affine, dtype=np.float64)
+            if volume.ndim != 3 or affine.shape != (4, 4) or spacing is not None:
+                raise DataError("<array>: an affine needs a 3-D (X, Y, Z) array and no spacing")
+            if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+                raise DataError("<array>: invalid affine (singular or non-finite)")
+            return self.predict_image(Image(volume, affine, "array", Path("<array>")), progress)
+        if spacing is not None:
+            if len(spacing) != volume.ndim:
+                raise DataError(
+                    f"<array>: spacing {tuple(spacing)} does not fit shape {volume.shape}"
+                )
+            if not all(np.isfinite(float(s)) and float(s) > 0 for s in spacing):
+                raise DataError(f"<array>: spacing {tuple(spacing)} must be finite and positive")
+        if volume.ndim == 2:
+            view = volume[None]
+            mm = None if spacing is None else (float(spacing[0]), float(spacing[1]), None)
+        else:
+            view = volume
+            mm = None if spacing is None else tuple(float(s) for s in (*spacing[1:], spacing[0]))
+        voxel_ml = None if mm is None or mm[2] is None else mm[0] * mm[1] * mm[2] / 1000.0
+        return self._predict(view, volume.shape, Path("<array>"), mm, voxel_ml, progress)
+
+    def predict_image(self, image: Image, progress: bool = False) -> SegmentResult:
+        """Segment an :class:`~covseg.data.io.Image` (what :func:`~covseg.data.io.read_image`
+        returns); masks come back in ``image.array``'s shape and voxel order.
+
+        Raises:
+            DataError: NaN/inf values, or an intensity range that fits neither rule.
+            CheckpointError: a model without a lung head.
+        """
+        a = image.array
+        if a.ndim == 3 and image.affine is None:
+            raise DataError(f"{image.path}: expected a 2-D picture or a 3-D volume with an affine")
+        return self._predict(
+            canonical_view(a, image),
+            a.shape,
+            image.path,
+            canonical_spacing(image),
+            voxel_volume_ml(image),
+            progress,
+            image=image,
+        )
+
+    def _predict(
+        self,
+        slices: np.ndarray,
+        shape: tuple[int, ...],
+        path: Path,
+        mm: tuple[float, float, float | None] | None,
+        voxel_ml: float | None,
+        progress: bool,
+        image: Image | None = None,
+    ) -> SegmentResult:
+        self.require_lung_head()
+        rule = self.intensity_rule(slices, path)
+        lungs = np.zeros(shape, dtype=np.uint8)
+        infection = np.zeros(shape, dtype=np.uint8)
+        if image is not None:
+            views = canonical_view(lungs, image), canonical_view(infection, image)
+        else:
+            views = lungs.reshape(slices.shape), infection.reshape(slices.shape)
+        self.segment_slices(slices, *views, rule=rule, progress=path.name if progress else None)
+        report = burden_report(
+            *views,
+            spacing_mm=mm,
+            voxel_ml=voxel_ml,
+            shape=shape,
+            intensity_rule=rule,
+            postprocessing=self.post,
+            tta=self.tta,
+            model_size=self.size,
+            model_id=self.model_id,
+        )
+        return SegmentResult(lungs, infection, report)
+
+    # ------------------------------------------------------------------------------- files
+    def predict_file(
+        self, path: str | Path, out_dir: str | Path, *, progress: bool = False
+    ) -> SegmentResult:
+        """Segment one input and write its outputs into ``out_dir``
+        (:func:`covseg.inference.outputs.write_case`: ``<case>_lungs``, ``<case>_infection``,
+        ``<case>_report.json``, ``<case>_overlay.png``, all written or none).
+
+        Args:
+            path: a NIfTI file, a DICOM series folder, or a PNG/JPG picture.
+            out_dir: output folder (created when the case is done).
+            progress: show a tqdm bar on stderr.
+
+        Returns:
+            The :class:`SegmentResult` with ``paths`` filled (``lungs``, ``infection``,
+            ``overlay``, ``report``); its report names the ``case`` and the ``input``.
+
+        Raises:
+            DataError: an unreadable or unusable input.
+        """
+        from covseg.data.io import read_image
+        from covseg.inference.outputs import case_name, write_case
+
+        path = Path(path)
+        image = read_image(path)
+        result = self.predict_image(image, progress)
+        result.report = result.report.replace(case=case_name(path), input=str(path))
+        result.paths = write_case(image, result, out_dir)
+        return result

@@ -1,0 +1,311 @@
+"""Training: a plain PyTorch loop (no framework), single process or DDP under ``torchrun``.
+
+Reproducibility: every random draw of an epoch (shuffling, augmentation, dropout) is seeded from
+``(seed, epoch)`` at the start of that epoch, so a run resumed from ``RUN/last`` repeats exactly
+what an uninterrupted run would have done; the RNG states are saved and restored as well.
+
+Validation and the choice of the post-processing go through the same step as ``segment``
+(:mod:`covseg.inference.postprocess`).
+
+Outputs in ``RUN/``: ``last.*`` (every epoch) and ``best.*`` (best validation Dice) checkpoints,
+each with the post-processing chosen on the validation slices, ``last_state.*`` (optimizer,
+scheduler, counters, RNG; :mod:`covseg.training.state`), ``log.csv`` and ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from covseg.checkpoint import load_checkpoint, save_checkpoint, update_meta
+from covseg.config import ModelConfig, PostProcessing, Preprocessing, TrainConfig
+from covseg.data.dataset import PreparedDataset
+from covseg.data.splits import load_or_make_folds, split_validation
+from covseg.evaluation.metrics import confusion, dice
+from covseg.inference.postprocess import masks_from_probabilities
+from covseg.inference.predict import predict_probabilities, resolve_device
+from covseg.meta import CheckpointMeta, DataRecord
+from covseg.models import build_model, count_parameters
+from covseg.training.distributed import ProcessGroup, cpu_threads, torch_threads
+from covseg.training.epoch import make_loader, train_epoch
+from covseg.training.losses import BifurcatedLoss
+from covseg.training.selection import Item, select_postprocessing
+from covseg.training.state import restore, save_last, write_log
+
+__all__ = ["fold_cases", "train"]
+
+log = logging.getLogger(__name__)
+
+
+def fold_cases(
+    data: PreparedDataset, cfg: TrainConfig, splits_path: Path
+) -> tuple[list[str], list[str]]:
+    """``(train cases, test cases)`` of ``cfg.fold`` (all cases and none without a fold)."""
+    if cfg.fold is None or cfg.folds < 2:
+        return list(data.case_ids), []
+    folds = load_or_make_folds(splits_path, data.case_ids, cfg.folds, cfg.split_seed)
+    f = folds[cfg.fold]
+    return list(f["train"]), list(f["test"])
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % (2**31)
+
+
+def train(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    data_root: str | Path,
+    out: str | Path,
+    *,
+    extra_data: str | Path | None = None,
+    resume: bool = False,
+) -> Path:
+    """Train one model (one fold of one repeat, or on all cases) and write its run folder.
+
+    The fold's cases come from ``OUT/../splits.json`` when it exists (a cross-validation
+    folder), else ``OUT/splits.json`` (made on first use). Validation holds out
+    ``train_cfg.val_fraction`` of the fold's training slices (never its test cases). After
+    training, the best and the last weights each choose their post-processing (threshold,
+    minimum component, lung margin) on the validation slices.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) each process trains on its share of every epoch
+    (DistributedSampler); only rank 0 writes.
+
+    Args:
+        model_cfg: the network.
+        train_cfg: optimisation, data split and device settings.
+        data_root: a prepared dataset (``covseg prepare``).
+        out: the run folder (created).
+        extra_data: another prepared dataset (e.g. pseudo-labelled slices) whose slices are
+            added to training only, with loss weight ``train_cfg.pseudo_weight``.
+        resume: continue from ``OUT/last_state.*`` (an error if absent).
+
+    Returns:
+        ``out``; the models are ``out / "best.safetensors"`` and ``out / "last.safetensors"``.
+
+    Raises:
+        DataError: unusable data or split files; ``resume`` without a previous run.
+        CheckpointError: a damaged ``last_state`` when resuming.
+    """
+    out = Path(out)
+    device = resolve_device(train_cfg.device)
+    group = ProcessGroup(device)
+    if group.on and device.type == "cuda":
+        import os
+
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", group.rank)))
+        torch.cuda.set_device(device)
+    try:
+        with torch_threads(cpu_threads(train_cfg.threads)):
+            return _train(
+                model_cfg, train_cfg, Path(data_root), out, extra_data, resume, device, group
+            )
+    finally:
+        group.close()
+
+
+def _train(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    data_root: Path,
+    out: Path,
+    extra_data: str | Path | None,
+    resume: bool,
+    device: torch.device,
+    group: ProcessGroup,
+) -> Path:
+    data = PreparedDataset(data_root)
+    if group.main:
+        out.mkdir(parents=True, exist_ok=True)
+    group.barrier()
+    splits = out.parent / "splits.json"
+    if not splits.exists():
+        splits = out / "splits.json"
+    folded = cfg.fold is not None and cfg.folds >= 2
+    if folded and not group.main:
+        group.barrier()  # rank 0 writes splits.json first
+    train_cases, test_cases = fold_cases(data, cfg, splits)
+    if folded and group.main:
+        group.barrier()
+    train_items, val_items = split_validation(
+        data, train_cases, fraction=cfg.val_fraction, by=cfg.val_by, seed=cfg.seed
+    )
+    extra = PreparedDataset(extra_data) if extra_data else None
+    log.info(
+        "%s: %d training slices%s, %d validation slices, %d test cases held out; device %s x%d",
+        out,
+        len(train_items),
+        f" + {sum(c['n_slices'] for c in extra.cases)} extra" if extra else "",
+        len(val_items),
+        len(test_cases),
+        device,
+        group.world,
+    )
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_cfg).to(device)
+    log.debug("model: %s parameters", f"{count_parameters(model):,}")
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = _scheduler(opt, cfg)
+    params = dict(data.manifest.get("params", {}))
+    meta = CheckpointMeta(
+        model_config=model_cfg,
+        preprocessing=Preprocessing.from_record({"layout": data.manifest.get("layout"), **params}),
+        postprocessing=PostProcessing(lung_margin_px=cfg.lung_margin_candidates[0]),
+        train_config=cfg,
+        data=DataRecord(
+            root=str(data_root), train_cases=tuple(train_cases), test_cases=tuple(test_cases)
+        ),
+    )
+    counters: dict[str, Any] = {"epoch": 0, "best_dice": -math.inf, "bad_epochs": 0}
+    rows: list[dict[str, Any]] = []
+    if resume:
+        counters, rows = restore(out, model, opt, sched)
+        log.info("%s: resuming after epoch %d", out, counters["epoch"])
+    net: nn.Module = model
+    if group.on:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    loss_fn = BifurcatedLoss(cfg.w_lung, cfg.w_aux, cfg.w_final, cfg.dice)
+    amp_dtype = _amp_dtype(cfg, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    val_images, val_truth = _stack(data, val_items)
+    start = int(counters["epoch"])
+    bar = _progress(range(start, cfg.epochs), start, cfg.epochs, disable=not group.main)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        seed = _epoch_seed(cfg.seed, epoch)
+        torch.manual_seed(seed)
+        loader = make_loader(data, train_items, extra, cfg, seed, epoch, group, device)
+        losses = train_epoch(net, loader, loss_fn, opt, scaler, amp_dtype, cfg, device)
+        val_dice = _val_dice(model, val_images, val_truth, meta, cfg.batch_size, device)
+        lr = opt.param_groups[0]["lr"]
+        _step_scheduler(sched, val_dice)
+        row = {"epoch": epoch + 1, "lr": lr, **losses, "val_dice": val_dice}
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        rows.append(row)
+        score = val_dice if not math.isnan(val_dice) else -losses["loss"]
+        improved = score > counters["best_dice"]
+        if improved:
+            counters["best_dice"], counters["bad_epochs"] = score, 0
+        else:
+            counters["bad_epochs"] += 1
+        counters["epoch"] = epoch + 1
+        if group.main:
+            epoch_meta = meta.replace(
+                metrics={"val_dice": val_dice, "epoch": epoch + 1, "loss": losses["loss"]},
+                epoch=epoch + 1,
+            )
+            if improved:
+                save_checkpoint(out / "best.safetensors", model, epoch_meta)
+            save_last(out, model, opt, sched, counters, epoch_meta)
+            write_log(out / "log.csv", rows)
+        bar.set_postfix(loss=f"{losses['loss']:.4f}", val_dice=f"{val_dice:.4f}")
+        if cfg.patience and counters["bad_epochs"] >= cfg.patience:
+            log.info(
+                "early stop at epoch %d: no better validation Dice in %d epochs",
+                epoch + 1,
+                cfg.patience,
+            )
+            break
+    bar.close()
+    group.barrier()
+    if group.main:
+        from covseg.figures.curves import plot_curves
+
+        plot_curves(rows, out / "curves.png")
+        if cfg.threshold_search and len(val_images):
+            for name in ("best", "last"):
+                _choose_postprocessing(out / f"{name}.json", val_images, val_truth, cfg, device)
+    group.barrier()
+    return out
+
+
+def _progress(it: range, start: int, total: int, disable: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        it, initial=start, total=total, desc="epochs", unit="ep", file=sys.stderr, disable=disable
+    )
+
+
+def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=cfg.epochs, eta_min=cfg.lr * 0.01
+        )
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="max", factor=0.5, patience=cfg.plateau_patience
+        )
+    return None
+
+
+def _step_scheduler(sched: Any, val_dice: float) -> None:
+    if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        sched.step(0.0 if math.isnan(val_dice) else val_dice)
+    elif sched is not None:
+        sched.step()
+
+
+def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or not cfg.amp:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _stack(data: PreparedDataset, items: list[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray]:
+    if not items:
+        s = int(data.manifest.get("params", {}).get("size", 0))
+        return np.zeros((0, s, s), np.float32), np.zeros((0, s, s), bool)
+    images = np.stack([data.load(c)["image"][k] for c, k in items]).astype(np.float32)
+    truth = np.stack([data.load(c)["infection"][k] for c, k in items]).astype(bool)
+    return images, truth
+
+
+def _val_dice(
+    model: nn.Module,
+    images: np.ndarray,
+    truth: np.ndarray,
+    meta: CheckpointMeta,
+    batch: int,
+    device: torch.device,
+) -> float:
+    """Per-slice-mean Dice of the masks the run's default post-processing makes of the
+    validation slices (NaN without validation slices)."""
+    if len(images) == 0:
+        return math.nan
+    probs = predict_probabilities(model, images, batch_size=batch, device=device)
+    masks = masks_from_probabilities(*probs, meta.postprocessing, meta.preprocessing.size)
+    return float(np.mean(dice(*confusion(masks.infection, truth, axes=(1, 2)))))
+
+
+def _choose_postprocessing(
+    side: Path, images: np.ndarray, truth: np.ndarray, cfg: TrainConfig, device: torch.device
+) -> None:
+    """Select the checkpoint's post-processing on the validation slices; record it."""
+    model, meta = load_checkpoint(side, device=device)
+    lung, inf = predict_probabilities(model, images, batch_size=cfg.batch_size, device=device)
+    sel = select_postprocessing(
+        [Item(lung, inf, truth)],
+        meta.preprocessing.size,
+        min_components=cfg.min_component_candidates,
+        lung_margins=cfg.lung_margin_candidates,
+    )
+    metrics = {**meta.metrics, "val_dice_postprocessed": sel.dice}
+    update_meta(
+        side,
+        postprocessing=sel.postprocessing,
+        metrics=metrics,
+        postprocessing_source=f"chosen on {sel.n_slices} validation slices",
+    )
+    log.info("%s: post-processing %s (val Dice %.4f)", side, sel.postprocessing, sel.dice)
