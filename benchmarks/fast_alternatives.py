@@ -67,15 +67,7 @@ ALTERNATIVES: dict[str, tuple[ModelConfig, str]] = {
         "small widths, 4x4 space-to-depth stem: all at H/4, full-resolution refinement",
     ),
     "s2d4_wide": (
-        SMALL.replace(
-            stem="s2d",
-            stem_factor=4,
-            encoder_channels=(32, 48, 64, 96, 160),
-            lung_decoder_channels=(16, 16, 24, 32, 48),
-            infection_decoder_channels=(32, 32, 48, 80, 128),
-            fusion_channels=(24, 16, 16),
-            refine_channels=16,
-        ),
+        PRESETS["fast"],
         "s2d4 with ~2x the widths at H/4 and a 16-wide refinement (= the fast preset)",
     ),
 }

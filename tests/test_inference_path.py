@@ -10,7 +10,7 @@ from PIL import Image as PILImage
 
 from covseg.checkpoint import save_checkpoint
 from covseg.cli import main
-from covseg.config import PRESETS, PostProcessing, Preprocessing
+from covseg.config import PostProcessing, Preprocessing
 from covseg.data.geometry import volume_to_slices
 from covseg.data.io import read_image
 from covseg.data.prepare import prepare
@@ -22,14 +22,7 @@ from covseg.inference.postprocess import masks_from_probabilities, near_lungs
 from covseg.meta import CheckpointMeta
 from covseg.models import build_model
 from covseg.training.selection import Item, select_postprocessing
-
-TINY = PRESETS["small"].replace(
-    encoder_channels=(4, 8, 8, 8, 8),
-    lung_decoder_channels=(4, 4, 4, 4, 4),
-    infection_decoder_channels=(4, 4, 4, 4, 4),
-    fusion_channels=(4, 4, 4),
-)
-SIZE = 32
+from segment_tiny import SIZE, TINY
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +149,15 @@ def test_update_meta_after_an_interrupted_save_keeps_the_checkpoint_loadable(ckp
     update_meta(dest, postprocessing=PostProcessing(threshold=0.3))
     _, meta = load_checkpoint(dest)
     assert meta.postprocessing.threshold == 0.3 and meta.sha256 == raw["sha256"]
+
+
+def test_a_slice_wider_than_the_limit_is_refused_in_one_line(ckpt, tmp_path, capsys):
+    from covseg.inference.segmenter import MAX_SIDE
+
+    path = tmp_path / "wide.png"
+    PILImage.fromarray(np.zeros((8, MAX_SIDE + 1), np.uint8)).save(path)
+    out = tmp_path / "out"
+    assert main(["segment", str(path), "--out", str(out), "--checkpoint", str(ckpt)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "wide.png" in err[0] and f"{MAX_SIDE} px limit" in err[0]
+    assert not out.exists() or not any(out.iterdir())
