@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import stat
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +106,6 @@ def _write_tensors(
 ) -> Path:
     """Write ``tensors`` completely to a temporary file next to ``path``; return its name (the
     caller renames it into place). A failed write leaves no temporary file."""
-    import tempfile
-
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:

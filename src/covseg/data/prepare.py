@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from covseg.data.lungmask import derive_lung_mask
 from covseg.data.preprocess import detect_intensity_rule, normalize_intensity, resize_slices
 from covseg.errors import DataError
 
-__all__ = ["MANIFEST_FORMAT", "prepare"]
+__all__ = ["MANIFEST_FORMAT", "decode_masks", "prepare"]
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def _prepare_case(
                 rule = detect_intensity_rule(img.array)
             except DataError as err:
                 raise DataError(f"{src.image}: {err}") from None
-        lung, infection = _decode_masks(src, img, reader)
+        lung, infection = decode_masks(src, img, reader)
         slices = volume_to_slices(img)
         lung_s = volume_to_slices(_like(img, lung)) if lung is not None else None
         inf_s = volume_to_slices(_like(img, infection))
@@ -322,8 +322,8 @@ def _canonical_index(img: Image, z: int) -> int:
     return int(np.nonzero(column == z)[0][0])
 
 
-def _decode_masks(
-    src: Source, img: Image, reader: _CachedReader
+def decode_masks(
+    src: Source, img: Image, reader: Callable[[Path], Image]
 ) -> tuple[np.ndarray | None, np.ndarray]:
     """Lung (or ``None`` when no file has lung labels) and infection masks in ``img``'s grid."""
     lung: np.ndarray | None = None

@@ -11,6 +11,7 @@ into ``test_metrics.json``. A run with a ``test_metrics.json`` is skipped, one w
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -100,18 +101,16 @@ def evaluate_test_fold(
     Returns:
         The dict written.
     """
-    import tempfile
-
     run = Path(run)
     model, meta = load_checkpoint(run / f"{which}.safetensors")
     seg = Segmenter(model, meta, device=device, batch_size=16)
     panel: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, str]] = []
 
-    def keep_panels(case: LabelledCase, s: Segmenter, pred: np.ndarray) -> None:
+    def keep_panels(case: LabelledCase, rule: str | None, pred: np.ndarray) -> None:
         areas = case.truth.sum(axis=(1, 2))
         for k in np.argsort(-areas)[:PANEL_SLICES]:
-            if case.raw is not None:
-                img = normalize_intensity(case.raw[k], s.intensity_rule(case.raw[k], case.source))
+            if case.raw is not None and rule is not None:
+                img = normalize_intensity(case.raw[k], rule)
             else:
                 img = case.images01[k]  # type: ignore[index]
             small = [

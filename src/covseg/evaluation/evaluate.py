@@ -30,7 +30,7 @@ from covseg.data.dataset import PreparedDataset
 from covseg.data.geometry import canonical_spacing, volume_to_slices
 from covseg.data.io import Image, read_image
 from covseg.data.layouts import Case, discover
-from covseg.data.prepare import prepare
+from covseg.data.prepare import decode_masks, prepare
 from covseg.errors import CovsegError, DataError
 from covseg.evaluation.metrics import METRICS
 from covseg.evaluation.scores import Scores
@@ -115,19 +115,7 @@ def _original(case: Case, rotate: int) -> tuple[np.ndarray, np.ndarray, Any] | N
         if src.index is not None:
             return None
         img = read_image(src.image)
-        inf = np.zeros(img.array.shape, dtype=bool)
-        for mf in src.masks:
-            if not mf.infection:
-                continue
-            a = np.asarray(read_image(mf.path).array)
-            if a.shape != img.array.shape:
-                raise DataError(f"{mf.path}: mask shape {a.shape} != image shape {img.array.shape}")
-            if mf.threshold is not None:
-                inf |= a >= mf.threshold
-            elif mf.binary:
-                inf |= a > 0
-            else:
-                inf |= np.isin(np.round(a).astype(np.int64), mf.infection)
+        _, inf = decode_masks(src, img, read_image)
         raw, truth = (
             volume_to_slices(img),
             volume_to_slices(Image(inf, img.affine, img.kind, img.path)),
@@ -188,10 +176,13 @@ def score_cases(
         prepared: the prepared dataset.
         case_ids: cases to score.
         originals: original cases by id (:func:`open_labelled`).
-        on_case: optional ``callable(case, images01, pred)`` (e.g. to collect figure panels).
+        on_case: optional ``callable(case, rule, pred)`` after each case, with the intensity rule
+            applied to ``case.raw`` (``None`` for prepared slices) and the predicted infection
+            (e.g. to collect figure panels).
     """
     scores = Scores(postprocessing=to_dict(seg.post))
     for case in labelled_cases(prepared, case_ids, originals):
+        rule = None
         if case.raw is not None:
             rule = seg.intensity_rule(case.raw, case.source)
             lung = np.zeros(case.raw.shape, dtype=np.uint8)
@@ -203,7 +194,7 @@ def score_cases(
             pred = seg.segment_prepared(case.images01).infection
         scores.add(case, pred)
         if on_case is not None:
-            on_case(case, seg, pred)
+            on_case(case, rule, pred)
     return scores
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from covseg.checkpoint import load_checkpoint, save_checkpoint
+from covseg.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from covseg.config import PostProcessing, to_dict
 from covseg.data.dataset import PreparedDataset
 from covseg.evaluation.evaluate import labelled_cases, open_labelled
@@ -68,9 +68,8 @@ def collect_oof(
         raise DataError(f"{cv_dir}: no fold*_rep*/{which}.safetensors (run `covseg cv` first)")
     oof = OOF()
     with tempfile.TemporaryDirectory(prefix="covseg-oof-") as tmp:
-        _, originals = open_labelled(
-            data.root, load_checkpoint(runs[0] / f"{which}.safetensors")[1].preprocessing, Path(tmp)
-        )
+        pre = read_meta(runs[0] / f"{which}.json").preprocessing
+        _, originals = open_labelled(data.root, pre, Path(tmp))
     for run in runs:
         model, meta = load_checkpoint(run / f"{which}.safetensors")
         seg = Segmenter(model, meta, device=device, batch_size=16)

@@ -7,6 +7,8 @@ kept apart from the network and from post-processing (MONAI's ``Inferer`` habit)
 from __future__ import annotations
 
 import copy
+import io
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -190,9 +192,6 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 def _onnx_session(model: nn.Module, size: int):
     """An ONNX Runtime session of ``model`` (three heads, dynamic batch, side ``size``)."""
-    import io
-    import warnings
-
     try:
         import onnxruntime as ort
     except ImportError:

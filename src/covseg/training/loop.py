@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -100,8 +101,6 @@ def train(
     device = resolve_device(train_cfg.device)
     group = ProcessGroup(device)
     if group.on and device.type == "cuda":
-        import os
-
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", group.rank)))
         torch.cuda.set_device(device)
     try:

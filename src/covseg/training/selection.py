@@ -92,18 +92,25 @@ def select_postprocessing(
         return Selection(base, float("nan"), 0)
     scores: dict[str, float] = {}
     best: tuple | None = None
+    # each candidate component size in pixels of each item's resolution
+    min_px_of = [
+        [
+            scaled(base.replace(min_component=mc), it.infection.shape[1:], model_size)[0]
+            for mc in min_components
+        ]
+        for it in items
+    ]
     for m_rank, margin in enumerate(lung_margins):
         post_m = base.replace(lung_margin_px=margin)
         near = [_near(it, post_m, model_size, min(thresholds)) for it in items]
         for t in thresholds:
             sums = np.zeros(len(min_components))
-            for it, nr in zip(items, near, strict=True):
+            for it, nr, px in zip(items, near, min_px_of, strict=True):
                 inf = it.infection >= t
                 if nr is not None:
                     inf &= nr
                 labels, sizes = component_sizes(inf)
-                for j, mc in enumerate(min_components):
-                    min_px, _ = scaled(base.replace(min_component=mc), inf.shape[1:], model_size)
+                for j, min_px in enumerate(px):
                     if min_px <= 1:
                         pred = inf
                     else:
