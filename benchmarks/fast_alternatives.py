@@ -70,6 +70,18 @@ ALTERNATIVES: dict[str, tuple[ModelConfig, str]] = {
         PRESETS["fast"],
         "s2d4 with ~2x the widths at H/4 and a 16-wide refinement (= the fast preset)",
     ),
+    "s2d4_r2": (
+        PRESETS["fast"].replace(refine_levels=2),
+        "fast with a two-step refinement (H/4 -> H/2 with a 2x2 space-to-depth image conv -> H)",
+    ),
+    "s2d4_r2w": (
+        PRESETS["fast"].replace(refine_levels=2, refine_channels=24),
+        "s2d4_r2 with a 24-wide refinement",
+    ),
+    "s2d4_r2x": (
+        PRESETS["fast"].replace(refine_levels=2, refine_channels=32),
+        "s2d4_r2 with a 32-wide refinement",
+    ),
 }
 if "fast" in PRESETS:
     ALTERNATIVES["fast"] = (PRESETS["fast"], "the shipped fast preset")

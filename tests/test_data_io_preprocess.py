@@ -56,9 +56,17 @@ def test_png_rgb_becomes_grey_and_mask_png_is_0_255(tmp_path):
 def test_intensity_rules():
     assert detect_intensity_rule(np.array([-1024, 40], np.int16)) == "hu"
     assert detect_intensity_rule(np.array([0, 255], np.uint8)) == "uint8"
-    assert detect_intensity_rule(np.array([0.0, 1.0])) == "uint8"
+    assert detect_intensity_rule(np.array([0, 1], np.uint8)) == "uint8"
+    with pytest.raises(DataError, match="--intensity unit"):  # floats in [0, 1]: window unknown
+        detect_intensity_rule(np.array([0.0, 1.0]))
+    with pytest.raises(DataError, match="--intensity hu1024"):  # stored values, no intercept
+        detect_intensity_rule(np.array([0, 24, 1100, 2500], np.uint16))
     with pytest.raises(DataError):
         detect_intensity_rule(np.array([-50.0, 10.0]))
+    np.testing.assert_allclose(
+        normalize_intensity(np.array([-226, 274, 1274]), "hu1024"), [0, 1 / 3, 1], atol=1e-6
+    )
+    assert normalize_intensity(np.array([-0.5, 0.25, 2.0]), "unit").tolist() == [0, 0.25, 1]
     x = normalize_intensity(np.array([-2000, -1250, -500, 250, 3000]), "hu")
     np.testing.assert_allclose(x, [0, 0, 0.5, 1, 1])
     assert normalize_intensity(np.array([0, 255], np.uint8), "uint8").tolist() == [0.0, 1.0]

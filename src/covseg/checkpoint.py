@@ -90,7 +90,10 @@ def resolve_checkpoint(spec: str | Path) -> Path:
         return pretrained_path()
     if not str(spec).strip():
         raise CheckpointError("--checkpoint is empty (give RUN/best.safetensors or 'pretrained')")
-    return Path(spec)
+    path = Path(spec)
+    if path.name in ("", ".", "..") or path.is_dir():
+        raise CheckpointError(f"{spec}: a folder, not a checkpoint (give RUN/best.safetensors)")
+    return path
 
 
 def _sha256(path: Path) -> str:
@@ -305,6 +308,7 @@ def load_checkpoint(
     weights = side.parent / name
     record = _matching(weights, raw, "weights")
     meta = CheckpointMeta.from_json(record, side)
+    _check_tensors(weights, meta.model_config, side)
     model = build_model(meta.model_config)
     try:
         state = load_file(str(weights))
@@ -315,6 +319,54 @@ def load_checkpoint(
             f"{weights}: weights do not fit the model config recorded in {side.name} ({first})"
         ) from None
     return model.to(device).eval(), meta
+
+
+#: safetensors dtype names of the torch dtypes a covseg state dict holds.
+_ST_DTYPES = {
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+}
+
+
+def _check_tensors(weights: Path, cfg: Any, side: Path) -> None:
+    """The weights file's tensor names, shapes and dtypes against the network the config
+    describes, built on the meta device (no memory), before the real network is built: a
+    config that widens the model, or weights stored as int8/bool, fail here.
+
+    Raises:
+        CheckpointError: not a safetensors file, or a tensor that does not fit.
+    """
+    from covseg.models import build_model
+
+    with torch.device("meta"):
+        expected = build_model(cfg).state_dict()
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            found = {}
+            for k in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+                tensor = f.get_slice(k)
+                found[k] = (tuple(tensor.get_shape()), tensor.get_dtype())
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({first})") from None
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    if missing or extra:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
+        raise CheckpointError(
+            f"{weights}: weights do not fit the model config recorded in {side.name} ({what})"
+        )
+    for key, ref in expected.items():
+        shape, dtype = found[key]
+        want = _ST_DTYPES.get(ref.dtype, str(ref.dtype))
+        if shape != tuple(ref.shape) or dtype != want:
+            raise CheckpointError(
+                f"{weights}: weights do not fit the model config recorded in {side.name} "
+                f"(tensor {key} is {dtype} {list(shape)}, the config needs {want} "
+                f"{list(ref.shape)})"
+            )
 
 
 # ------------------------------------------------------------------ training state (resume)

@@ -14,7 +14,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from covseg._version import __version__
@@ -73,7 +75,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> Runner:
         "--layout", choices=["auto", "zenodo20", "slices", "medseg", "nnunet"], default="auto"
     )
     p.add_argument("--size", type=int, default=256, help="side of the square slices (256)")
-    p.add_argument("--intensity", choices=["auto", "hu", "uint8"], default="auto")
+    p.add_argument("--intensity", choices=["auto", "hu", "uint8", "unit", "hu1024"], default="auto")
     p.add_argument("--include-effusion", action="store_true", help="medseg: effusion = infection")
     p.add_argument("--lung-labels", type=_csv, help="nnunet: lung labels, e.g. lung,1")
     p.add_argument("--infection-labels", type=_csv, help="nnunet: infection labels, e.g. 2,3")
@@ -207,6 +209,9 @@ def _add_train(sub: argparse._SubParsersAction) -> Runner:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--repeat", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.*")
+    p.add_argument(
+        "--force", action="store_true", help="with --resume: continue although settings differ"
+    )
     return _run_train
 
 
@@ -216,7 +221,13 @@ def _run_train(args: argparse.Namespace) -> int:
     model_cfg, train_cfg = _configs(args)
     train_cfg = train_cfg.replace(fold=args.fold, folds=args.folds, repeat=args.repeat)
     out = train(
-        model_cfg, train_cfg, args.data, args.out, extra_data=args.extra_data, resume=args.resume
+        model_cfg,
+        train_cfg,
+        args.data,
+        args.out,
+        extra_data=args.extra_data,
+        resume=args.resume,
+        force=args.force,
     )
     log.info("model: %s", out / "best.safetensors")
     return 0
@@ -229,6 +240,9 @@ def _add_cv(sub: argparse._SubParsersAction) -> Runner:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--fold", type=int, help="run only this fold")
     p.add_argument("--repeat", type=int, help="run only this repeat")
+    p.add_argument(
+        "--force", action="store_true", help="start over the runs made with other settings"
+    )
     return _run_cv
 
 
@@ -246,6 +260,7 @@ def _run_cv(args: argparse.Namespace) -> int:
         fold=args.fold,
         repeat=args.repeat,
         extra_data=args.extra_data,
+        force=args.force,
     )
     return 0
 
@@ -310,6 +325,11 @@ def _add_segment(sub: argparse._SubParsersAction) -> Runner:
     p.add_argument("--tta", action="store_true", help="average with left-right flipped slices")
     p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (8)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument(
+        "--intensity",
+        choices=["auto", "hu", "uint8", "unit", "hu1024"],
+        help="intensity rule of every input (default: the checkpoint's, auto = told per scan)",
+    )
     _backend_flag(p)
     return _run_segment
 
@@ -325,6 +345,7 @@ def _run_segment(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         backend=args.backend,
+        intensity=args.intensity,
         progress=True,
     )
     print(format_summary(reports))
@@ -347,6 +368,38 @@ def _run_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- serve
+def _add_serve(sub: argparse._SubParsersAction) -> Runner:
+    p = sub.add_parser("serve", help="local web viewer: upload scans, see masks and reports")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine)")
+    p.add_argument("--port", type=int, default=8765, help="port (8765; 0 = any free port)")
+    p.add_argument("--checkpoint", default="pretrained", help="CKPT.safetensors or 'pretrained'")
+    p.add_argument("--data-dir", help="keep uploads and results here (default: a temporary folder)")
+    p.add_argument("--max-upload-mb", type=int, default=2048, help="largest upload (2048 MiB)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    return _run_serve
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    try:
+        from covseg.serve import ServeConfig, serve
+    except ImportError as err:
+        raise CovsegError(
+            f"serve needs its web packages ({err}): pip install 'covseg[serve]'"
+        ) from None
+    serve(
+        ServeConfig(
+            host=args.host,
+            port=args.port,
+            checkpoint=args.checkpoint,
+            data_dir=args.data_dir,
+            max_upload_bytes=args.max_upload_mb << 20,
+            device=args.device,
+        )
+    )
+    return 0
+
+
 # Sub-commands in the order `covseg --help` lists them.
 COMMANDS: list[Callable[[argparse._SubParsersAction], Runner]] = [
     _add_model_info,
@@ -359,6 +412,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], Runner]] = [
     _add_evaluate,
     _add_segment,
     _add_export_onnx,
+    _add_serve,
 ]
 
 
@@ -397,12 +451,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(message)s",
         stream=sys.stderr,
     )
+    # Library warnings (numpy overflow, PIL, pydicom, ...) go to the log at debug level, never
+    # around the one-line error: shown with --verbose only.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         return runners[args.command](args)
     except CovsegError as err:
         # One line, whatever a wrapped library message contained.
         print(f"covseg {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.errno is None:
+            raise
+        # A file system refusal (full disk, read-only folder, ...) met after the checks.
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"covseg {args.command}: error: {where}{err.strerror}", file=sys.stderr)
+        return 2
+    except Terminated:
+        print("covseg: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("covseg: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` removes its temporary files."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated

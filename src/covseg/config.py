@@ -102,6 +102,10 @@ class ModelConfig:
             fusion (or U-Net baseline decoder) features, up-sampled bilinearly to ``H``,
             concatenated with the (lung-gated) image, one 3x3 conv-BN-ReLU of this width and a
             1x1 conv to a residual added to the up-sampled logits.
+        refine_levels: with a ``stem_factor`` 4 stem, ``2`` refines in two steps (``H/4 -> H/2
+            -> H``): at ``H/2`` the up-sampled features meet a 3x3 conv-BN-ReLU over the
+            space-to-depth (2x2) image, at ``H`` the full-resolution image, each step adding a
+            residual to the logits up-sampled from the step before. ``1``: one step (above).
     """
 
     model: Literal["bifurcated", "unet"] = "bifurcated"
@@ -125,6 +129,7 @@ class ModelConfig:
     stem_factor: int = 2
     separable: bool = False
     refine_channels: int = 8
+    refine_levels: int = 1
 
     def __post_init__(self) -> None:
         for name in ("encoder_channels", "lung_decoder_channels", "infection_decoder_channels"):
@@ -141,6 +146,10 @@ class ModelConfig:
         if self.stem_factor not in (2, 4) or (self.stem == "conv" and self.stem_factor != 2):
             raise ValueError(
                 f"ModelConfig.stem_factor: 2 or 4 (2 for the conv stem), got {self.stem_factor}"
+            )
+        if self.refine_levels not in (1, 2) or (self.refine_levels == 2 and self.stem_factor != 4):
+            raise ValueError(
+                f"ModelConfig.refine_levels: 1, or 2 with stem_factor 4, got {self.refine_levels}"
             )
         for name in ("stem_channels", "refine_channels"):
             if getattr(self, name) < 1:
@@ -310,7 +319,7 @@ class Preprocessing:
             raise ValueError(
                 f"preprocessing.size must be an integer in 16..4096, got {self.size!r}"
             )
-        if self.intensity not in ("auto", "hu", "uint8"):
+        if self.intensity not in ("auto", "hu", "uint8", "unit", "hu1024"):
             raise ValueError(f"preprocessing.intensity: unknown {self.intensity!r}")
         if not _is_int(self.rotate):
             raise ValueError(f"preprocessing.rotate must be an integer, got {self.rotate!r}")

@@ -4,20 +4,41 @@ Every output of covseg is written under a temporary name in its destination fold
 when complete (``os.replace`` is atomic within a file system), so a reader — or a rerun after a
 kill — sees either the previous file or the new one, never half of one. ``mkstemp`` creates files
 ``0600``; outputs get what a plain ``open()`` would give (``0666`` less the umask).
+
+A process holds a ``flock`` on each temporary folder (the folder itself, no lock file) while it
+works in it; the kernel drops the lock when the process dies, however it dies, so a later run can
+tell the leftovers of a killed run (:func:`remove_stale`) from the folders of a run still in
+progress.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "file_mode", "temporary_dir", "write_json", "write_text"]
+__all__ = [
+    "atomic_path",
+    "file_mode",
+    "folder_lock",
+    "remove_stale",
+    "temporary_dir",
+    "write_json",
+    "write_text",
+]
+
+log = logging.getLogger(__name__)
+
+#: A folder younger than this is never removed (the moment between making it and locking it).
+MIN_STALE_AGE_S = 5.0
 
 
 def _umask() -> int:
@@ -75,13 +96,66 @@ def write_json(path: str | Path, data: Any, indent: int | None = 1) -> Path:
 
 
 @contextlib.contextmanager
+def _flock(path: Path, blocking: bool = True) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on the folder ``path`` for the block; yields whether it was
+    obtained (always ``True`` when ``blocking``)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` for the short critical sections where a set of files is
+    renamed into it as one unit (no lock file is left there)."""
+    with _flock(Path(folder)):
+        yield
+
+
+@contextlib.contextmanager
 def temporary_dir(parent: str | Path, prefix: str, suffix: str = ".partial") -> Iterator[Path]:
     """A private temporary folder inside ``parent`` (created), removed with what is left in it
-    when the block ends, whatever happens."""
+    when the block ends, whatever happens. Its lock (module docstring) is held meanwhile, so
+    :func:`remove_stale` leaves it alone."""
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
     try:
-        yield tmp
+        with _flock(tmp):
+            yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale(parent: str | Path, prefix: str, suffix: str = ".partial") -> int:
+    """Remove the temporary folders ``parent/<prefix>*<suffix>`` that no live process holds
+    (left by a killed run) and that are older than :data:`MIN_STALE_AGE_S`; returns how many
+    were removed."""
+    parent = Path(parent)
+    removed = 0
+    try:
+        candidates = [p for p in parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return 0
+    for folder in candidates:
+        if not folder.name.endswith(suffix) or folder.is_symlink() or not folder.is_dir():
+            continue
+        try:
+            if time.time() - folder.stat().st_mtime < MIN_STALE_AGE_S:
+                continue
+            with _flock(folder, blocking=False) as free:
+                if free:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed += 1
+        except OSError:  # removed meanwhile by its owner or another cleaner
+            continue
+    if removed:
+        log.info("%s: removed %d temporary folder(s) left by an interrupted run", parent, removed)
+    return removed

@@ -220,15 +220,9 @@ def _first_existing(root: Path, names: Sequence[str]) -> Path | None:
 
 
 def _nifti_depth(path: Path) -> int:
-    import nibabel as nib
+    from covseg.data.io import nifti_shape
 
-    try:
-        shape = nib.load(str(path)).shape
-    except Exception as err:
-        raise DataError(f"{path}: unreadable NIfTI ({type(err).__name__}: {err})") from None
-    if len(shape) != 3:
-        raise DataError(f"{path}: expected a 3-D volume, got shape {shape}")
-    return int(shape[2])
+    return int(nifti_shape(path)[2])
 
 
 # ------------------------------------------------------------------------------- nnunet

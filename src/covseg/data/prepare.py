@@ -40,6 +40,7 @@ from covseg.data.layouts import (
 from covseg.data.lungmask import derive_lung_mask
 from covseg.data.preprocess import detect_intensity_rule, normalize_intensity, resize_slices
 from covseg.errors import DataError
+from covseg.files import remove_stale, temporary_dir
 
 __all__ = ["MANIFEST_FORMAT", "decode_masks", "prepare"]
 
@@ -93,7 +94,7 @@ def prepare(
     src, out = Path(src).resolve(), Path(out)
     if size < 16:
         raise DataError(f"{out}: --size must be at least 16, got {size}")
-    if intensity not in ("auto", "hu", "uint8"):
+    if intensity not in ("auto", "hu", "uint8", "unit", "hu1024"):
         raise DataError(f"{src}: unknown intensity rule {intensity!r} (auto, hu, uint8)")
     layout, cases = discover(
         src,
@@ -123,8 +124,9 @@ def prepare(
     if out.exists() and not (out / "manifest.json").exists() and any(out.iterdir()):
         raise DataError(f"{out}: exists and is not a covseg prepared dataset; not overwriting")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    for kind in ("tmp", "old"):  # left by a killed run (a live run holds its folder's lock)
+        remove_stale(out.parent, prefix=f".{out.name}.{kind}-", suffix="")
+    with temporary_dir(out.parent, prefix=f".{out.name}.tmp-", suffix="") as tmp:
         records = _write_cases(cases, tmp, size=size, intensity=intensity, rotate=rotate % 4)
         manifest = {
             "format": MANIFEST_FORMAT,
@@ -137,9 +139,6 @@ def prepare(
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     n = sum(r["n_slices"] for r in records)
     log.info(
         "%s: %d cases, %d slices of %dx%d (%s layout)", out, len(records), n, size, size, layout
@@ -181,8 +180,16 @@ def _replace_dir(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+#: Longest prepared file stem; longer case ids are cut and keep a hash of the whole id.
+MAX_NAME = 150
+
+
 def _safe_name(case_id: str, taken: set[str]) -> str:
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", case_id) or "case"
+    """A visible, portable file stem for ``case_id``, unique among ``taken`` (added to it)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", case_id)
+    name = re.sub(r"^\.", "_", name) or "case"  # no hidden files, no "." or ".."
+    if len(name) > MAX_NAME:
+        name = f"{name[: MAX_NAME - 13]}-{hashlib.sha256(case_id.encode()).hexdigest()[:12]}"
     base, k = name, 1
     while name in taken:
         k += 1
@@ -219,14 +226,15 @@ class _CachedReader:
     """Keeps the last image read: stacked volumes (medseg ``tr_im``) are read once, not per case."""
 
     def __init__(self) -> None:
-        self._cache: dict[Path, Image] = {}
+        self._cache: dict[tuple[Path, bool], Image] = {}
 
-    def __call__(self, path: Path) -> Image:
-        if path not in self._cache:
+    def __call__(self, path: Path, labels: bool = False) -> Image:
+        key = (path, labels)
+        if key not in self._cache:
             if len(self._cache) >= 4:
                 self._cache.clear()
-            self._cache[path] = read_image(path)
-        return self._cache[path]
+            self._cache[key] = read_image(path, labels=labels)
+        return self._cache[key]
 
 
 def _prepare_case(
@@ -323,13 +331,14 @@ def _canonical_index(img: Image, z: int) -> int:
 
 
 def decode_masks(
-    src: Source, img: Image, reader: Callable[[Path], Image]
+    src: Source, img: Image, reader: Callable[..., Image]
 ) -> tuple[np.ndarray | None, np.ndarray]:
-    """Lung (or ``None`` when no file has lung labels) and infection masks in ``img``'s grid."""
+    """Lung (or ``None`` when no file has lung labels) and infection masks in ``img``'s grid;
+    ``reader(path, labels=True)`` reads a mask (palette PNGs keep their indices)."""
     lung: np.ndarray | None = None
     infection = np.zeros(img.array.shape, dtype=bool)
     for mf in src.masks:
-        m = reader(mf.path)
+        m = reader(mf.path, labels=True)
         _check_geometry(mf.path, m, img)
         values = _mask_values(mf, m.array)
         if mf.lung:

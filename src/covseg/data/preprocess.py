@@ -10,6 +10,7 @@ from covseg.errors import DataError
 
 __all__ = [
     "HU_WINDOW",
+    "INTENSITY_RULES",
     "detect_intensity_rule",
     "normalize_intensity",
     "resize_back",
@@ -19,13 +20,22 @@ __all__ = [
 HU_WINDOW = (-1250.0, 250.0)
 """The window that maps HU to [0, 1]; the Zenodo Radiopaedia volumes are stored in this window."""
 
+#: What :func:`normalize_intensity` knows: Hounsfield units; 8-bit pictures or windowed volumes;
+#: floats already scaled to ``[0, 1]``; DICOM stored values without the rescale intercept
+#: (``HU + 1024``).
+INTENSITY_RULES = ("hu", "uint8", "unit", "hu1024")
+#: Stored CT values below this are air or lung; a HU scan without any is not a chest CT in HU.
+_NO_AIR_HU = -100.0
+
 
 def detect_intensity_rule(array: np.ndarray) -> str:
-    """Tell Hounsfield units from 8-bit windowed intensities.
+    """Tell Hounsfield units from 8-bit windowed intensities and from floats in ``[0, 1]``.
 
     ``"hu"``: any value below -200 or above 300 (air is about -1000 HU, so every CT slice that
     shows air outside the body is caught; bone is above 300). ``"uint8"``: all values in
     ``[0, 255]`` otherwise (8-bit pictures, windowed volumes such as the Zenodo Radiopaedia ones).
+    ``"unit"`` (floats already in ``[0, 1]``) is never guessed: the window they were scaled by
+    is unknown.
 
     Args:
         array: an image of any shape.
@@ -34,16 +44,31 @@ def detect_intensity_rule(array: np.ndarray) -> str:
         ``"hu"`` or ``"uint8"``.
 
     Raises:
-        DataError: values in neither range (e.g. small negative floats); pass the rule explicitly.
+        DataError: values in no range (e.g. small negative floats), floats in ``[0, 1]``, or a
+            range above 300
+            without anything below -100: no air or lung, as DICOM stored values without the
+            rescale intercept (``HU + 1024``) look; pass the rule explicitly.
     """
     lo, hi = float(np.min(array)), float(np.max(array))
     if lo < -200 or hi > 300:
+        if lo >= _NO_AIR_HU and hi > 1000:
+            raise DataError(
+                f"values in [{lo:g}, {hi:g}] hold no air or lung (nothing below "
+                f"{_NO_AIR_HU:g} HU): stored values without the rescale intercept (HU + 1024)? "
+                "pass --intensity hu1024 if so, or --intensity hu if they are HU"
+            )
         return "hu"
+    if lo >= 0 and hi <= 1 and hi > 0 and np.issubdtype(np.asarray(array).dtype, np.floating):
+        raise DataError(
+            f"float values in [{lo:g}, {hi:g}]: a scan already scaled, by an unknown window; "
+            "give the HU volume, or pass --intensity unit if 0..1 spans the 8-bit pictures' "
+            "window (HU -1250..250)"
+        )
     if lo >= 0 and hi <= 255:
         return "uint8"
     raise DataError(
         f"cannot tell the intensity rule from the value range [{lo:g}, {hi:g}]; "
-        "pass --intensity hu or --intensity uint8"
+        f"pass --intensity with one of {', '.join(INTENSITY_RULES)}"
     )
 
 
@@ -53,7 +78,8 @@ def normalize_intensity(array: np.ndarray, rule: str) -> np.ndarray:
     Args:
         array: any shape.
         rule: ``"hu"``: clip to :data:`HU_WINDOW` ``[-1250, 250]`` then scale linearly;
-            ``"uint8"``: divide by 255 (clipped).
+            ``"hu1024"``: the same after subtracting 1024; ``"uint8"``: divide by 255
+            (clipped); ``"unit"``: clip to ``[0, 1]``.
 
     Returns:
         float32 array of the same shape, values in ``[0, 1]``.
@@ -62,12 +88,16 @@ def normalize_intensity(array: np.ndarray, rule: str) -> np.ndarray:
         ValueError: unknown rule.
     """
     x = np.asarray(array, dtype=np.float32)
-    if rule == "hu":
+    if rule in ("hu", "hu1024"):
         lo, hi = HU_WINDOW
+        if rule == "hu1024":
+            lo, hi = lo + 1024.0, hi + 1024.0
         return ((np.clip(x, lo, hi) - lo) / (hi - lo)).astype(np.float32)
     if rule == "uint8":
         return np.clip(x / 255.0, 0.0, 1.0).astype(np.float32)
-    raise ValueError(f"unknown intensity rule {rule!r} (expected 'hu' or 'uint8')")
+    if rule == "unit":
+        return np.clip(x, 0.0, 1.0).astype(np.float32)
+    raise ValueError(f"unknown intensity rule {rule!r} (expected one of {INTENSITY_RULES})")
 
 
 def _interpolate(x: np.ndarray, size: tuple[int, int], mask: bool) -> np.ndarray:

@@ -11,6 +11,7 @@ into ``test_metrics.json``. A run with a ``test_metrics.json`` is skipped, one w
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,12 @@ from covseg.config import ModelConfig, TrainConfig
 from covseg.data.dataset import PreparedDataset
 from covseg.data.preprocess import normalize_intensity, resize_slices
 from covseg.data.splits import load_or_make_folds
+from covseg.errors import DataError
 from covseg.evaluation.evaluate import LabelledCase, open_labelled, score_cases
 from covseg.files import write_json
 from covseg.inference.segmenter import Segmenter
 from covseg.training.loop import train
+from covseg.training.state import describe_changes, settings_changes
 
 __all__ = ["evaluate_test_fold", "run_cv", "run_dir"]
 
@@ -52,8 +55,14 @@ def run_cv(
     fold: int | None = None,
     repeat: int | None = None,
     extra_data: str | Path | None = None,
+    force: bool = False,
 ) -> list[Path]:
     """Train and test every (fold, repeat) run that is not finished yet.
+
+    A run folder left by an earlier call (finished, or interrupted and then resumed) must have
+    been made with the same model, training settings (but those in
+    :data:`~covseg.training.state.RESUMABLE`) and data; otherwise this is an error, or with
+    ``force`` the run starts over.
 
     Args:
         data_root: a prepared dataset.
@@ -66,26 +75,47 @@ def run_cv(
         fold: run only this fold (with ``repeat``: only that run).
         repeat: run only this repeat.
         extra_data: pseudo-labelled prepared dataset added to every run's training.
+        force: start over the runs whose recorded settings differ.
 
     Returns:
         The run folders of the runs requested (finished ones included).
     """
     out = Path(out)
     data = PreparedDataset(data_root)
+    plan = [
+        (
+            run_dir(out, k, r),
+            train_cfg.replace(fold=k, folds=folds, repeat=r, seed=train_cfg.seed + r),
+        )
+        for r in (range(repeats) if repeat is None else [repeat])
+        for k in (range(folds) if fold is None else [fold])
+    ]
+    for rd, cfg in plan:  # before any work: runs left by a call with other settings
+        changes = settings_changes(rd, model_cfg, cfg, data_root)
+        if changes and not force:
+            raise DataError(
+                f"{rd}: made with other settings: {describe_changes(changes)} (use another "
+                "--out, or pass --force to start these runs over)"
+            )
+        if changes:
+            log.info("%s: other settings, starting over (--force)", rd)
+            shutil.rmtree(rd)
     load_or_make_folds(out / "splits.json", data.case_ids, folds, train_cfg.split_seed)
-    runs = []
-    for r in range(repeats) if repeat is None else [repeat]:
-        for k in range(folds) if fold is None else [fold]:
-            rd = run_dir(out, k, r)
-            runs.append(rd)
-            if (rd / "test_metrics.json").exists():
-                log.info("%s: finished, skipping", rd)
-                continue
-            cfg = train_cfg.replace(fold=k, folds=folds, repeat=r, seed=train_cfg.seed + r)
-            log.info("cross-validation run fold %d/%d, repeat %d/%d", k + 1, folds, r + 1, repeats)
-            resume = (rd / "last_state.json").exists()
-            train(model_cfg, cfg, data_root, rd, extra_data=extra_data, resume=resume)
-            evaluate_test_fold(rd, data, device=cfg.device)
+    for rd, cfg in plan:
+        if (rd / "test_metrics.json").exists():
+            log.info("%s: finished, skipping", rd)
+            continue
+        log.info(
+            "cross-validation run fold %d/%d, repeat %d/%d",
+            cfg.fold + 1,
+            folds,
+            cfg.repeat + 1,
+            repeats,
+        )
+        resume = (rd / "last_state.json").exists()
+        train(model_cfg, cfg, data_root, rd, extra_data=extra_data, resume=resume)
+        evaluate_test_fold(rd, data, device=cfg.device)
+    runs = [rd for rd, _ in plan]
     return runs
 
 

@@ -27,8 +27,13 @@ from torch import nn
 
 from covseg.checkpoint import load_checkpoint
 from covseg.data.geometry import canonical_spacing, canonical_view, voxel_volume_ml
-from covseg.data.io import Image
-from covseg.data.preprocess import detect_intensity_rule, normalize_intensity, resize_slices
+from covseg.data.io import MAX_SIDE, Image, check_affine
+from covseg.data.preprocess import (
+    INTENSITY_RULES,
+    detect_intensity_rule,
+    normalize_intensity,
+    resize_slices,
+)
 from covseg.errors import CheckpointError, DataError
 from covseg.inference.burden import BurdenReport, burden_report
 from covseg.inference.postprocess import (
@@ -42,9 +47,6 @@ from covseg.meta import CheckpointMeta
 
 __all__ = ["MAX_SIDE", "SegmentResult", "Segmenter"]
 
-#: Largest slice side accepted (pixels). Larger pictures are refused with a clear message rather
-#: than costing gigabytes: chest CT is 512-1024 px; downsample anything larger first.
-MAX_SIDE = 4096
 #: Output pixels post-processed per batch: the batch shrinks for large slices, so the float
 #: probabilities at full resolution stay within ~100 MB whatever the slice size.
 PIXELS_PER_BATCH = 8 * 512 * 512
@@ -77,9 +79,12 @@ class Segmenter:
         batch_size: slices per forward pass (peak memory grows with it, not with the scan).
         tta: average with the predictions of the left-right flipped slices.
         backend: how the network runs (:data:`~covseg.inference.predict.BACKENDS`).
+        intensity: the intensity rule for every input (``"auto"``: told per scan, or one of
+            :data:`~covseg.data.preprocess.INTENSITY_RULES`); ``None``: the checkpoint's.
 
     Raises:
-        CovsegError: ``device="cuda"`` without CUDA, ``batch_size < 1``, a bad backend.
+        CovsegError: ``device="cuda"`` without CUDA, ``batch_size < 1``, a bad backend or
+            intensity rule.
     """
 
     def __init__(
@@ -91,7 +96,12 @@ class Segmenter:
         batch_size: int = 8,
         tta: bool = False,
         backend: str = "torch",
+        intensity: str | None = None,
     ) -> None:
+        if intensity is not None and intensity not in ("auto", *INTENSITY_RULES):
+            raise DataError(
+                f"unknown intensity rule {intensity!r} (auto, {', '.join(INTENSITY_RULES)})"
+            )
         self.meta = meta
         self.predictor = Predictor(
             model,
@@ -103,7 +113,7 @@ class Segmenter:
         )
         self.post = meta.postprocessing
         self.size = meta.preprocessing.size
-        self.intensity = meta.preprocessing.intensity
+        self.intensity = intensity or meta.preprocessing.intensity
 
     @classmethod
     def from_checkpoint(
@@ -114,6 +124,7 @@ class Segmenter:
         batch_size: int = 8,
         tta: bool = False,
         backend: str = "torch",
+        intensity: str | None = None,
     ) -> Segmenter:
         """Load a checkpoint (``"pretrained"`` or ``.safetensors`` + ``.json``), its hash and
         format checked.
@@ -122,7 +133,15 @@ class Segmenter:
             CheckpointError: missing files, a hash mismatch, a newer format, a bad field.
         """
         model, meta = load_checkpoint(path)
-        return cls(model, meta, device=device, batch_size=batch_size, tta=tta, backend=backend)
+        return cls(
+            model,
+            meta,
+            device=device,
+            batch_size=batch_size,
+            tta=tta,
+            backend=backend,
+            intensity=intensity,
+        )
 
     @classmethod
     def from_pretrained(
@@ -283,8 +302,7 @@ class Segmenter:
             affine = np.asarray(affine, dtype=np.float64)
             if volume.ndim != 3 or affine.shape != (4, 4) or spacing is not None:
                 raise DataError("<array>: an affine needs a 3-D (X, Y, Z) array and no spacing")
-            if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-                raise DataError("<array>: invalid affine (singular or non-finite)")
+            affine = check_affine(Path("<array>"), affine)
             return self.predict_image(Image(volume, affine, "array", Path("<array>")), progress)
         if spacing is not None:
             if len(spacing) != volume.ndim:
@@ -307,12 +325,15 @@ class Segmenter:
         returns); masks come back in ``image.array``'s shape and voxel order.
 
         Raises:
-            DataError: NaN/inf values, or an intensity range that fits neither rule.
+            DataError: NaN/inf values, an intensity range that fits neither rule, a degenerate
+                affine.
             CheckpointError: a model without a lung head.
         """
         a = image.array
         if a.ndim == 3 and image.affine is None:
             raise DataError(f"{image.path}: expected a 2-D picture or a 3-D volume with an affine")
+        if image.affine is not None:  # an Image built by hand: its geometry checked as read
+            check_affine(image.path, image.affine)
         return self._predict(
             canonical_view(a, image),
             a.shape,

@@ -153,8 +153,12 @@ class FullResRefine(nn.Module):
     ``logits + head(conv([up(feat), image]))``: the logits and features are up-sampled
     bilinearly, the features concatenated with the full-resolution image, then one 3x3
     conv-BN-ReLU (``cfg.refine_channels``) and a 1x1 conv give a residual added to the
-    up-sampled logits. The 1x1 conv starts at zero, so training starts from the up-sampled
+    up-sampled logits. The 1x1 convs start at zero, so training starts from the up-sampled
     prediction and learns the full-resolution detail on top of it.
+
+    With ``cfg.refine_levels == 2`` (a 4x4 stem) the same happens in two 2x steps: at ``H/2``
+    the features meet a 3x3 conv-BN-ReLU over the 2x2 space-to-depth image, at ``H`` the image
+    itself, the second step starting from the first step's features and logits.
 
     Shape:
         ``(B, 1, h, w), (B, feat_ch, h, w), (B, C_in, H, W) -> (B, 1, H, W)`` with
@@ -163,17 +167,35 @@ class FullResRefine(nn.Module):
 
     def __init__(self, feat_ch: int, cfg: ModelConfig) -> None:
         super().__init__()
+        r = cfg.refine_channels
         self.factor = stem_stride(cfg)
-        self.conv = ConvBNReLU(feat_ch + cfg.in_channels, cfg.refine_channels, 3)
-        self.head = nn.Conv2d(cfg.refine_channels, 1, kernel_size=1)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        self.two_step = cfg.refine_levels == 2
+        if self.two_step:
+            self.factor = 2
+            self.half_image = ConvBNReLU(4 * cfg.in_channels, r, 3)
+            self.half_conv = ConvBNReLU(feat_ch + r, r, 3)
+            self.half_head = _zero_head(r)
+            feat_ch = r
+        self.conv = ConvBNReLU(feat_ch + cfg.in_channels, r, 3)
+        self.head = _zero_head(r)
 
     def forward(
         self, logits: torch.Tensor, feat: torch.Tensor, image: torch.Tensor
     ) -> torch.Tensor:
+        if self.two_step:
+            half = self.half_image(channels_last(F.pixel_unshuffle(image, 2)))
+            feat = self.half_conv(torch.cat([upsample(feat, 2), half], dim=1))
+            logits = upsample(logits, 2) + self.half_head(feat)
         x = torch.cat([upsample(feat, self.factor), channels_last(image)], dim=1)
         return upsample(logits, self.factor) + self.head(self.conv(x))
+
+
+def _zero_head(ch: int) -> nn.Conv2d:
+    """A 1x1 conv to one residual logit map that starts at zero."""
+    head = nn.Conv2d(ch, 1, kernel_size=1)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
 
 
 class FusionHead(nn.Module):

@@ -69,11 +69,15 @@ def make_loader(
         kw: dict[str, Any] = {"sampler": sampler}
     else:
         kw = {"shuffle": True, "generator": torch.Generator().manual_seed(seed)}
+    # A last batch of one slice is dropped: batch norm cannot train on one value per channel
+    # (a small input whose bottleneck is 1x1 would stop the run with a ValueError).
+    per_process = len(kw["sampler"]) if "sampler" in kw else len(ds)
     return DataLoader(
         ds,
         batch_size=cfg.batch_size,
         num_workers=_workers(cfg, device),
         pin_memory=device.type == "cuda",
+        drop_last=per_process > 1 and per_process % cfg.batch_size == 1,
         **kw,
     )
 

@@ -30,6 +30,7 @@ from covseg.checkpoint import load_checkpoint, save_checkpoint, update_meta
 from covseg.config import ModelConfig, PostProcessing, Preprocessing, TrainConfig
 from covseg.data.dataset import PreparedDataset
 from covseg.data.splits import load_or_make_folds, split_validation
+from covseg.errors import DataError
 from covseg.evaluation.metrics import confusion, dice
 from covseg.inference.postprocess import masks_from_probabilities
 from covseg.inference.predict import predict_probabilities, resolve_device
@@ -69,6 +70,7 @@ def train(
     *,
     extra_data: str | Path | None = None,
     resume: bool = False,
+    force: bool = False,
 ) -> Path:
     """Train one model (one fold of one repeat, or on all cases) and write its run folder.
 
@@ -88,7 +90,9 @@ def train(
         out: the run folder (created).
         extra_data: another prepared dataset (e.g. pseudo-labelled slices) whose slices are
             added to training only, with loss weight ``train_cfg.pseudo_weight``.
-        resume: continue from ``OUT/last_state.*`` (an error if absent).
+        resume: continue from ``OUT/last_state.*`` (an error if absent, or if the settings
+            differ from the run's, see :func:`~covseg.training.state.settings_changes`).
+        force: with ``resume``, continue although settings differ (not the model).
 
     Returns:
         ``out``; the models are ``out / "best.safetensors"`` and ``out / "last.safetensors"``.
@@ -106,7 +110,7 @@ def train(
     try:
         with torch_threads(cpu_threads(train_cfg.threads)):
             return _train(
-                model_cfg, train_cfg, Path(data_root), out, extra_data, resume, device, group
+                model_cfg, train_cfg, Path(data_root), out, extra_data, resume, force, device, group
             )
     finally:
         group.close()
@@ -119,10 +123,13 @@ def _train(
     out: Path,
     extra_data: str | Path | None,
     resume: bool,
+    force: bool,
     device: torch.device,
     group: ProcessGroup,
 ) -> Path:
     data = PreparedDataset(data_root)
+    if resume and not (out / "last_state.json").exists():
+        raise DataError(f"{out}: --resume but no last_state.json from an earlier run")
     if group.main:
         out.mkdir(parents=True, exist_ok=True)
     group.barrier()
@@ -139,16 +146,6 @@ def _train(
         data, train_cases, fraction=cfg.val_fraction, by=cfg.val_by, seed=cfg.seed
     )
     extra = PreparedDataset(extra_data) if extra_data else None
-    log.info(
-        "%s: %d training slices%s, %d validation slices, %d test cases held out; device %s x%d",
-        out,
-        len(train_items),
-        f" + {sum(c['n_slices'] for c in extra.cases)} extra" if extra else "",
-        len(val_items),
-        len(test_cases),
-        device,
-        group.world,
-    )
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg).to(device)
     log.debug("model: %s parameters", f"{count_parameters(model):,}")
@@ -167,8 +164,18 @@ def _train(
     counters: dict[str, Any] = {"epoch": 0, "best_dice": -math.inf, "bad_epochs": 0}
     rows: list[dict[str, Any]] = []
     if resume:
-        counters, rows = restore(out, model, opt, sched)
+        counters, rows = restore(out, model, opt, sched, meta, force)
         log.info("%s: resuming after epoch %d", out, counters["epoch"])
+    log.info(
+        "%s: %d training slices%s, %d validation slices, %d test cases held out; device %s x%d",
+        out,
+        len(train_items),
+        f" + {sum(c['n_slices'] for c in extra.cases)} extra" if extra else "",
+        len(val_items),
+        len(test_cases),
+        device,
+        group.world,
+    )
     net: nn.Module = model
     if group.on:
         net = nn.parallel.DistributedDataParallel(

@@ -1,0 +1,268 @@
+"""The job queue of ``covseg serve``: one worker thread runs the cases one after the other
+through the path ``covseg segment`` takes.
+
+Why one thread: torch already spreads one case over the cores; two cases at once would only
+fight over them and double the peak memory. The model is loaded once, by the worker, when the
+server has started (so the port answers within a second or two while torch imports), and every
+case then runs :func:`covseg.data.io.read_image` -> :meth:`Segmenter.predict_image
+<covseg.inference.segmenter.Segmenter.predict_image>` -> :func:`covseg.inference.outputs.write_case`,
+the three steps of ``Segmenter.predict_file``, with the case named after the upload (its stored
+name is generated) and the upload's name as the report's ``input``.
+
+A job's folder (``<root>/<job id>/``) holds its stored upload, ``out/`` (``segment``'s files) and
+``view/`` (display copies, :mod:`covseg.serve.display`). A failed job's folder is removed whole:
+nothing partial is kept, and the failure stays listed with its one-line message.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from covseg.errors import CovsegError
+from covseg.serve.config import ServeConfig
+
+__all__ = ["DEMO_NAME", "Job", "JobQueue", "view_name"]
+
+log = logging.getLogger(__name__)
+
+#: The demo phantom: the fresh phantom that ``make demo`` segments (seed 7, 12 slices of 128 px).
+DEMO_NAME = "demo_phantom.nii.gz"
+_DEMO = {"seed": 7, "slices": 12, "size": 128}
+
+
+@dataclass
+class Job:
+    """One submitted case.
+
+    Attributes:
+        id: a random hex id (the job's folder name and its URL).
+        name: the upload's name as shown (:func:`covseg.serve.uploads.display_name`).
+        case: the output prefix (:func:`covseg.inference.outputs.case_name` of the name).
+        folder: the job's private folder.
+        source: the stored input (a file, or the folder of an extracted DICOM series); ``None``
+            for the demo phantom until the worker makes it.
+        entries: for a zipped series, extracted file -> zip entry name (for messages).
+        state: ``queued``, ``running``, ``done`` or ``failed``.
+        stage: what the job is doing now, for the page.
+        error: the one-line message of a failed job.
+        report: the report JSON (``BurdenReport.to_dict()``) of a done job.
+        downloads: ``segment``'s files of a done job (``lungs``, ``infection``, ``overlay``,
+            ``report``).
+        views: the viewer's NIfTI volumes (``ct``, ``lungs``, ``infection``).
+    """
+
+    id: str
+    name: str
+    case: str
+    folder: Path
+    source: Path | None
+    entries: dict[Path, str] = field(default_factory=dict)
+    state: str = "queued"
+    stage: str = "waiting"
+    error: str | None = None
+    report: dict[str, Any] | None = None
+    downloads: dict[str, Path] = field(default_factory=dict)
+    views: dict[str, Path] = field(default_factory=dict)
+    submitted: float = field(default_factory=time.time)
+    seconds: float | None = None
+
+    def to_json(self, position: int | None = None) -> dict[str, Any]:
+        """What the page polls (URLs for downloads and viewer volumes, never server paths)."""
+        base = f"/api/jobs/{self.id}"
+        return {
+            "id": self.id,
+            "name": self.name,
+            "case": self.case,
+            "state": self.state,
+            "stage": self.stage,
+            "position": position,
+            "error": self.error,
+            "seconds": self.seconds,
+            "report": self.report,
+            "downloads": {
+                key: {"url": f"{base}/download/{key}", "filename": path.name}
+                for key, path in self.downloads.items()
+            },
+            "views": {key: f"{base}/view/{view_name(key, p)}" for key, p in self.views.items()},
+        }
+
+
+def view_name(key: str, path: Path) -> str:
+    """``ct.nii.gz``, ``lungs.nii``...: the URL's last part tells the viewer the format."""
+    return key + (".nii.gz" if path.name.endswith(".gz") else ".nii")
+
+
+class JobQueue:
+    """Jobs by id, in submission order, and the worker thread that runs them.
+
+    Args:
+        config: the server's settings (checkpoint, device, batch size).
+        root: where job folders are made.
+    """
+
+    def __init__(self, config: ServeConfig, root: Path) -> None:
+        self.config = config
+        self.root = root
+        self.model_state = "loading"
+        self.model_error: str | None = None
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._segmenter: Any = None
+        self._running: Job | None = None
+        self._thread = threading.Thread(target=self._work, name="covseg-serve-worker", daemon=True)
+
+    # ---------------------------------------------------------------------- the server side
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Drop the queued cases and give the running one up to ``timeout`` s to finish (the
+        worker is a daemon thread: one still loading the model does not hold the exit up)."""
+        with self._lock:
+            dropped = [job for job in self._jobs.values() if job.state == "queued"]
+            for job in dropped:
+                job.state, job.stage, job.error = "failed", "", "the server stopped"
+        for job in dropped:  # their uploads too: nothing partial is kept (--data-dir)
+            shutil.rmtree(job.folder, ignore_errors=True)
+        self._queue.put(None)
+        if self._running is not None:
+            self._thread.join(timeout)
+
+    def new_folder(self) -> tuple[str, Path]:
+        """A fresh job id and its private folder (created, mode 0700)."""
+        job_id = uuid.uuid4().hex
+        folder = self.root / job_id
+        folder.mkdir(mode=0o700)
+        return job_id, folder
+
+    def submit(self, job: Job) -> Job:
+        with self._lock:
+            self._jobs[job.id] = job
+        self._queue.put(job)
+        log.info("%s: queued as job %s", job.name, job.id)
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def snapshot(self, job_id: str | None = None) -> list[dict[str, Any]]:
+        """The jobs as the page sees them (one job when ``job_id`` is given and known)."""
+        with self._lock:
+            waiting = [j.id for j in self._jobs.values() if j.state == "queued"]
+            jobs = [self._jobs[job_id]] if job_id in self._jobs else []
+            if job_id is None:
+                jobs = list(self._jobs.values())
+            return [j.to_json(waiting.index(j.id) + 1 if j.id in waiting else None) for j in jobs]
+
+    def done(self) -> list[Job]:
+        with self._lock:
+            return [j for j in self._jobs.values() if j.state == "done"]
+
+    # ---------------------------------------------------------------------- the worker side
+    def _work(self) -> None:
+        self._load_model()
+        while (job := self._queue.get()) is not None:
+            if job.state == "queued":
+                self._run(job)
+
+    def _load_model(self) -> None:
+        try:
+            from covseg.inference.segmenter import Segmenter
+
+            seg = Segmenter.from_checkpoint(
+                self.config.checkpoint,
+                device=self.config.device,
+                batch_size=self.config.batch_size,
+            )
+            seg.require_lung_head()
+        except CovsegError as err:
+            self.model_state, self.model_error = "failed", " ".join(str(err).split())
+            log.error("covseg serve: the model cannot be loaded: %s", self.model_error)
+            return
+        self._segmenter = seg
+        self.model_state = "ready"
+        log.info("covseg serve: model %s ready (%s)", seg.model_id[:12], seg.device)
+
+    def _set(self, job: Job, **fields: Any) -> None:
+        with self._lock:
+            for key, value in fields.items():
+                setattr(job, key, value)
+
+    def _run(self, job: Job) -> None:
+        t0 = time.perf_counter()
+        self._running = job
+        self._set(job, state="running", stage="starting")
+        try:
+            if self._segmenter is None:
+                raise CovsegError(f"the model cannot be loaded: {self.model_error}")
+            fields = self._segment(job)
+        except CovsegError as err:
+            self._fail(job, _public(str(err), job))
+            return
+        except Exception as err:  # a bug must not stop the server: the job fails, it goes on
+            log.exception("%s: unexpected error", job.name)
+            self._fail(job, _public(f"internal error ({type(err).__name__}: {err})", job))
+            return
+        finally:
+            self._running = None
+        self._set(job, state="done", stage="", seconds=round(time.perf_counter() - t0, 3), **fields)
+        log.info("%s: done in %.1f s (job %s)", job.name, job.seconds, job.id)
+
+    def _segment(self, job: Job) -> dict[str, Any]:
+        from covseg.data.geometry import canonical_view
+        from covseg.data.io import read_image
+        from covseg.inference.outputs import write_case
+        from covseg.serve.display import display_volumes
+
+        if job.source is None:
+            self._set(job, stage="making the demo phantom")
+            self._set(job, source=_make_demo(job.folder))
+        self._set(job, stage="reading")
+        image = read_image(job.source)
+        n = canonical_view(image.array, image).shape[0]
+        self._set(job, stage=f"segmenting {n} slice{'s' if n > 1 else ''}")
+        result = self._segmenter.predict_image(image)
+        result.report = result.report.replace(case=job.case, input=job.name)
+        self._set(job, stage="writing the outputs")
+        written = write_case(image, result, job.folder / "out")
+        views = display_volumes(
+            image, result.lungs, result.infection, written, job.source, job.folder / "view"
+        )
+        return {"report": result.report.to_dict(), "downloads": written, "views": views}
+
+    def _fail(self, job: Job, message: str) -> None:
+        shutil.rmtree(job.folder, ignore_errors=True)  # nothing partial is kept
+        self._set(job, state="failed", stage="", error=message)
+        log.warning("%s: failed: %s", job.name, message)
+
+
+def _make_demo(folder: Path) -> Path:
+    """The demo phantom as ``folder/input.nii.gz``."""
+    from covseg.data.synthetic import write_synthetic_dataset
+
+    tmp = folder / "phantom"
+    write_synthetic_dataset(tmp, "zenodo20", 1, **_DEMO)
+    path = folder / "input.nii.gz"
+    (tmp / "COVID-19-CT-Seg_20cases" / "coronacases_001.nii.gz").rename(path)
+    shutil.rmtree(tmp)
+    return path
+
+
+def _public(message: str, job: Job) -> str:
+    """A message with the server's own paths replaced by the names the user knows."""
+    for path, entry in job.entries.items():
+        message = message.replace(str(path), f"{job.name}: {entry}")
+    if job.source is not None:
+        message = message.replace(str(job.source), job.name)
+    message = message.replace(str(job.folder), job.name)
+    return " ".join(message.split())

@@ -1,0 +1,643 @@
+"""`covseg serve`: the API gives `covseg segment`'s reports and files, refuses bad uploads
+cleanly and keeps serving; a real headless Chromium shows the overlays and the report.
+
+API tests use Starlette's TestClient on an app with a tiny checkpoint; the browser tests drive
+Debian's Chromium (Playwright) against a `covseg serve` subprocess and skip, with the reason,
+where no browser is installed.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import gzip
+import io
+import json
+import os
+import signal
+import socket
+import stat
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from _dicom import hu_to_stored, write_dicom_series
+from _serve_helpers import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    browser_missing,
+    coloured_pixels,
+    start_server,
+    wait_until,
+)
+from covseg.cli import main
+from covseg.data.geometry import canonical_view
+from covseg.data.io import read_image
+from covseg.data.synthetic import make_phantom
+
+starlette = pytest.importorskip("starlette", reason="covseg[serve] is not installed")
+from starlette.testclient import TestClient  # noqa: E402
+
+from covseg.serve import ServeConfig, create_app  # noqa: E402
+from covseg.serve.config import is_loopback  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SHAPE = (64, 64, 8)
+AFFINE = np.diag([-0.8, -0.8, 5.0, 1.0])
+LIMIT = 1 << 20  # the test servers' upload limit
+OCTET = {"content-type": "application/octet-stream"}
+
+
+def _phantom(path: Path, seed: int = 0, shape=SHAPE) -> Path:
+    nib.save(nib.Nifti1Image(make_phantom(seed, shape)[0], AFFINE), str(path))
+    return path
+
+
+def _segment(inputs: list[Path], out: Path, checkpoint: Path) -> Path:
+    """`covseg segment` itself, for the reference outputs."""
+    argv = ["segment", *map(str, inputs), "--out", str(out), "--checkpoint", str(checkpoint)]
+    assert main([*argv, "--device", "cpu"]) == 0
+    return out
+
+
+def _report(out: Path, case: str) -> dict:
+    return json.loads((out / f"{case}_report.json").read_text())
+
+
+# --------------------------------------------------------------------------- API tests
+@pytest.fixture(scope="module")
+def api(checkpoint, tmp_path_factory):
+    """``(client, root)``: an app with the tiny checkpoint, its jobs under ``root``."""
+    root = tmp_path_factory.mktemp("serve-root")
+    config = ServeConfig(
+        checkpoint=str(checkpoint),
+        max_upload_bytes=LIMIT,
+        max_unzipped_bytes=4 << 20,
+        max_zip_files=40,
+        device="cpu",
+    )
+    with TestClient(create_app(config, root), base_url="http://127.0.0.1") as client:
+        yield client, root
+
+
+def _upload(client, name: str, data: bytes | object):
+    return client.post("/api/jobs", params={"name": name}, content=data, headers=OCTET)
+
+
+def _finished(client, job_id: str) -> dict:
+    def state():
+        job = client.get(f"/api/jobs/{job_id}").json()
+        return job if job["state"] in ("done", "failed") else None
+
+    return wait_until(state, timeout=60, step=0.05)
+
+
+def _run(client, name: str, data: bytes) -> dict:
+    r = _upload(client, name, data)
+    assert r.status_code == 202, r.text
+    return _finished(client, r.json()["id"])
+
+
+def _download(client, job: dict, key: str) -> bytes:
+    r = client.get(job["downloads"][key]["url"])
+    assert r.status_code == 200
+    assert job["downloads"][key]["filename"] in r.headers["content-disposition"]
+    return r.content
+
+
+def test_nifti_upload_gives_segments_report_and_files(api, checkpoint, tmp_path):
+    client, _ = api
+    scan = _phantom(tmp_path / "scan_a.nii.gz")
+    cli = _segment([scan], tmp_path / "cli", checkpoint)
+    job = _run(client, "scan_a.nii.gz", scan.read_bytes())
+    assert job["state"] == "done", job["error"]
+    # The same report as `covseg segment`, the input named as the user knows it.
+    assert job["report"] == {**_report(cli, "scan_a"), "input": "scan_a.nii.gz"}
+    for key, name in [
+        ("lungs", "scan_a_lungs.nii.gz"),
+        ("infection", "scan_a_infection.nii.gz"),
+        ("overlay", "scan_a_overlay.png"),
+    ]:
+        assert _download(client, job, key) == (cli / name).read_bytes(), key
+    assert json.loads(_download(client, job, "report")) == job["report"]
+    # The viewer gets the uploaded scan itself and segment's masks.
+    assert client.get(job["views"]["ct"]).content == scan.read_bytes()
+    infection = (cli / "scan_a_infection.nii.gz").read_bytes()
+    assert client.get(job["views"]["infection"]).content == infection
+    assert job["views"]["ct"].endswith("/view/ct.nii.gz")
+
+
+def _truncated_nifti(tmp_path: Path) -> bytes:
+    """A gzip NIfTI whose header is fine and whose voxels are cut short."""
+    raw = gzip.decompress(_phantom(tmp_path / "whole.nii.gz").read_bytes())
+    return gzip.compress(raw[: len(raw) // 3])
+
+
+def test_bad_uploads_say_why_keep_nothing_and_the_server_goes_on(api, tmp_path, caplog):
+    client, root = api
+    before = set(root.iterdir())
+    # Wrong content (whatever the name says): refused at once, by content.
+    r = _upload(client, "broken.nii.gz", os.urandom(5000))
+    assert r.status_code == 415
+    assert r.json()["error"].startswith("broken.nii.gz: not a NIfTI, PNG/JPEG or zip file")
+    assert f"upload refused: {r.json()['error']}" in caplog.text  # and in the log
+    r = _upload(client, "notes.png", b"just text, not a picture at all" * 20)
+    assert r.status_code == 415 and "notes.png" in r.json()["error"]
+    r = _upload(client, "one.dcm", b"\0" * 128 + b"DICM" + b"\0" * 400)
+    assert "zip the folder of the whole series" in r.json()["error"]
+    r = _upload(client, "empty.nii", b"")
+    assert r.status_code == 400 and "empty upload" in r.json()["error"]
+    # A NIfTI cut short passes the content check and fails in the worker, with one line
+    # naming the upload (never the server's own paths).
+    job = _run(client, "cut.nii.gz", _truncated_nifti(tmp_path))
+    assert job["state"] == "failed"
+    assert job["error"].startswith("cut.nii.gz: ")
+    assert str(root) not in job["error"] and "\n" not in job["error"]
+    assert job["downloads"] == {} and job["report"] is None
+    assert f"cut.nii.gz: failed: {job['error']}" in caplog.text
+    assert set(root.iterdir()) == before  # nothing partial kept, not even the upload
+    # ... and the next upload works.
+    ok = _run(client, "fine.nii.gz", _phantom(tmp_path / "fine.nii.gz").read_bytes())
+    assert ok["state"] == "done"
+
+
+def test_too_large_uploads_are_refused_while_streaming(api):
+    client, root = api
+    before = set(root.iterdir())
+    r = _upload(client, "big.nii", b"\0" * (LIMIT + 1))  # told by Content-Length
+    assert r.status_code == 413 and "larger than the upload limit of 1 MiB" in r.json()["error"]
+
+    def chunks():  # no Content-Length: the limit is enforced as the bytes arrive
+        for _ in range(LIMIT // 65536 + 2):
+            yield b"\0" * 65536
+
+    r = _upload(client, "big_stream.nii", chunks())
+    assert r.status_code == 413 and r.json()["error"].startswith("big_stream.nii: larger")
+    assert set(root.iterdir()) == before
+
+
+def _zip(entries: list[tuple[str, bytes]], symlink: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries:
+            zf.writestr(name, data)
+        if symlink is not None:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(info, "/etc/passwd")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("archive", "message"),
+    [
+        (_zip([("../evil.dcm", b"x")]), "unsafe entry '../evil.dcm'"),
+        (_zip([("series/../../evil.dcm", b"x")]), "unsafe entry"),
+        (_zip([("/etc/evil.dcm", b"x")]), "unsafe entry"),
+        (_zip([("C:\\evil.dcm", b"x")]), "unsafe entry"),
+        (_zip([("a.dcm", b"x")], symlink="link.dcm"), "is a symbolic link"),
+        (_zip([(f"s/{k}.dcm", b"x") for k in range(41)]), "41 files, more than 40"),
+        (_zip([("big.dcm", b"\0" * (5 << 20))]), "extracts to 5 MiB, more than 4 MiB"),
+        (_zip([(".DS_Store", b"x"), ("__MACOSX/._a.dcm", b"x")]), "the zip holds no files"),
+        (b"PK\x03\x04" + os.urandom(300), "a damaged or unsupported zip file"),
+    ],
+    ids=[
+        "dotdot",
+        "nested-dotdot",
+        "absolute",
+        "drive",
+        "symlink",
+        "count",
+        "size",
+        "hidden",
+        "junk",
+    ],
+)
+def test_unsafe_or_bad_zips_are_refused(api, tmp_path, archive, message):
+    client, root = api
+    before = set(root.iterdir())
+    r = _upload(client, "series.zip", archive)
+    assert r.status_code == 400
+    assert r.json()["error"].startswith("series.zip: ") and message in r.json()["error"]
+    assert set(root.iterdir()) == before
+    assert not (root.parent / "evil.dcm").exists() and not (root / "evil.dcm").exists()
+
+
+def test_zipped_dicom_series_gives_segments_masks(api, checkpoint, tmp_path):
+    client, _ = api
+    hu = make_phantom(3, (48, 40, 6))[0]
+    series = write_dicom_series(tmp_path / "series", hu_to_stored(hu), [2.5 * k for k in range(6)])
+    cli = _segment([series], tmp_path / "cli", checkpoint)
+    entries = [(f"export/series/{p.name}", p.read_bytes()) for p in sorted(series.iterdir())]
+    entries += [("__MACOSX/export/._0.dcm", b"mac junk"), ("export/.DS_Store", b"junk")]
+    job = _run(client, "series.zip", _zip(entries))
+    assert job["state"] == "done", job["error"]
+    assert job["case"] == "series"
+    assert job["report"] == {**_report(cli, "series"), "input": "series.zip"}
+    for key in ("lungs", "infection"):
+        assert _download(client, job, key) == (cli / f"series_{key}.nii.gz").read_bytes()
+    # The viewer's CT: the series as read, with its RAS geometry.
+    assert job["views"]["ct"].endswith("/view/ct.nii")
+    (tmp_path / "ct.nii").write_bytes(client.get(job["views"]["ct"]).content)
+    ct = nib.load(str(tmp_path / "ct.nii"))
+    image = read_image(series)
+    assert np.array_equal(np.asanyarray(ct.dataobj), image.array)
+    assert np.allclose(ct.affine, image.affine)
+
+
+def test_picture_upload_gives_png_masks_and_one_slice_views(api, checkpoint, tmp_path):
+    client, _ = api
+    pic = make_phantom(2, (40, 48, 1))[0][:, :, 0].T  # (H, W) = (48, 40)
+    png = tmp_path / "slice_b.png"
+    PILImage.fromarray((np.clip((pic + 1250) / 1500, 0, 1) * 255).astype(np.uint8)).save(png)
+    cli = _segment([png], tmp_path / "cli", checkpoint)
+    job = _run(client, "slice_b.png", png.read_bytes())
+    assert job["state"] == "done", job["error"]
+    assert job["report"] == {**_report(cli, "slice_b"), "input": "slice_b.png"}
+    mask = _download(client, job, "infection")
+    assert mask == (cli / "slice_b_infection.png").read_bytes()
+    # Display only: 1-slice NIfTI volumes holding the picture and the masks as they are.
+    views = {}
+    for key in ("ct", "infection"):
+        (tmp_path / f"{key}.nii.gz").write_bytes(client.get(job["views"][key]).content)
+        views[key] = np.asanyarray(nib.load(str(tmp_path / f"{key}.nii.gz")).dataobj)
+    assert views["ct"].shape == (40, 48, 1)
+    assert np.array_equal(views["ct"][:, :, 0].T, np.asarray(PILImage.open(png)))
+    assert np.array_equal(
+        views["infection"][:, :, 0].T > 0,
+        np.asarray(PILImage.open(cli / "slice_b_infection.png")) > 0,
+    )
+
+
+@pytest.mark.parametrize(
+    "name", ["../../outside/evil.nii.gz", "..\\..\\evil.nii.gz", "/etc/evil.nii.gz", ".evil.nii.gz"]
+)
+def test_upload_names_are_never_paths(api, tmp_path, name):
+    client, root = api
+    data = _phantom(tmp_path / "x.nii.gz", seed=5, shape=(32, 32, 3)).read_bytes()
+    job = _run(client, name, data)
+    assert job["state"] == "done", job["error"]
+    case = job["case"]
+    assert "/" not in case and "\\" not in case and not case.startswith(".")
+    assert job["name"] == name  # shown as given
+    for path in (root / job["id"]).rglob("*"):  # everything stays in the job's folder
+        assert path.resolve().is_relative_to((root / job["id"]).resolve())
+    assert not (root.parent / "outside").exists() and not list(root.parent.glob("*evil*"))
+    assert {f["filename"] for f in job["downloads"].values()} == {
+        f"{case}_lungs.nii.gz",
+        f"{case}_infection.nii.gz",
+        f"{case}_overlay.png",
+        f"{case}_report.json",
+    }
+
+
+def test_an_overlong_name_is_refused_with_a_reason(api, tmp_path):
+    client, _ = api
+    data = _phantom(tmp_path / "x.nii.gz", seed=5, shape=(32, 32, 3)).read_bytes()
+    r = _upload(client, "n" * 300 + ".nii.gz", data)
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error.endswith(": a name longer than 200 bytes (rename the file)") and len(error) < 200
+
+
+def test_summary_csv_has_every_done_case_with_the_reports_numbers(api, tmp_path):
+    client, _ = api
+    jobs = [
+        _run(client, name, _phantom(tmp_path / f"{k}.nii.gz", seed=k).read_bytes())
+        for k, name in enumerate(["csv_one.nii.gz", "=HYPERLINK(1).nii.gz"])
+    ]
+    r = client.get("/api/summary.csv")
+    assert r.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert list(rows[0]) == [
+        "case",
+        "input",
+        "lung_ml",
+        "infection_ml",
+        "infected_percent",
+        "left_lung_ml",
+        "left_infected_percent",
+        "right_lung_ml",
+        "right_infected_percent",
+    ]
+    by_input = {row["input"].lstrip("'"): row for row in rows}
+    for job in jobs:
+        row, rep = by_input[job["name"]], job["report"]
+        assert float(row["lung_ml"]) == rep["lung_volume_ml"]
+        assert float(row["infection_ml"]) == rep["infection_volume_ml"]
+        assert float(row["infected_percent"]) == rep["infection_percent"]
+        assert float(row["left_infected_percent"]) == rep["left"]["infection_percent"]
+        assert float(row["right_infected_percent"]) == rep["right"]["infection_percent"]
+    # A name a spreadsheet would run as a formula is written as text.
+    assert by_input["=HYPERLINK(1).nii.gz"]["case"] == "'=HYPERLINK(1)"
+    done = [j for j in client.get("/api/jobs").json()["jobs"] if j["state"] == "done"]
+    assert len(rows) == len(done)
+
+
+def test_jobs_wait_their_turn_in_submission_order(checkpoint, tmp_path):
+    from covseg.serve.jobs import Job, JobQueue
+
+    jobs = JobQueue(ServeConfig(checkpoint=str(checkpoint), device="cpu"), tmp_path)
+    ids = []
+    for k in range(3):  # submitted before the worker runs: all wait, in order
+        job_id, folder = jobs.new_folder()
+        source = _phantom(folder / "input.nii.gz", seed=k, shape=(32, 32, 2))
+        jobs.submit(Job(job_id, f"q{k}.nii.gz", f"q{k}", folder, source))
+        ids.append(job_id)
+    assert [(j["id"], j["state"], j["position"]) for j in jobs.snapshot()] == [
+        (ids[0], "queued", 1),
+        (ids[1], "queued", 2),
+        (ids[2], "queued", 3),
+    ]
+    jobs.start()
+    try:
+        wait_until(lambda: all(j["state"] == "done" for j in jobs.snapshot()))
+    finally:
+        jobs.stop()
+    assert [j["case"] for j in jobs.snapshot()] == ["q0", "q1", "q2"]
+    assert all(j["position"] is None for j in jobs.snapshot())
+
+
+def test_other_hosts_and_origins_are_refused(api):
+    client, _ = api
+    page = client.get("/")
+    assert page.status_code == 200 and "<canvas" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
+    # DNS rebinding: a loopback server answers only to loopback names.
+    assert client.get("/api/jobs", headers={"host": "attacker.example"}).status_code == 400
+    # Another web site's page posting to the local server.
+    n = len(client.get("/api/jobs").json()["jobs"])
+    r = client.post("/api/demo", headers={"origin": "http://attacker.example"})
+    assert r.status_code == 403
+    assert len(client.get("/api/jobs").json()["jobs"]) == n
+    assert client.get("/api/jobs/nope").status_code == 404
+    assert client.get("/api/jobs/nope/download/lungs").status_code == 404
+
+
+def test_a_model_that_cannot_load_fails_each_job_with_its_reason(tmp_path):
+    config = ServeConfig(checkpoint=str(tmp_path / "missing.safetensors"), device="cpu")
+    with TestClient(create_app(config, tmp_path), base_url="http://localhost") as client:
+        status = wait_until(
+            lambda: (s := client.get("/api/status").json())["model"]["state"] != "loading" and s
+        )
+        assert (
+            status["model"]["state"] == "failed"
+            and "missing.json: missing" in status["model"]["error"]
+        )
+        job = _run(client, "a.nii.gz", _phantom(tmp_path / "a.nii.gz").read_bytes())
+        assert job["state"] == "failed" and "the model cannot be loaded" in job["error"]
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path, checkpoint, capsys):
+    assert main(["serve", "--checkpoint", str(tmp_path / "nope.safetensors")]) == 2
+    assert capsys.readouterr().err.strip().endswith("nope.safetensors: no such checkpoint file")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--checkpoint", str(checkpoint)]) == 2
+    err = capsys.readouterr().err
+    assert f"127.0.0.1:{port}: cannot listen" in err and len(err.strip().splitlines()) == 1
+
+
+def test_only_loopback_counts_as_private():
+    assert all(map(is_loopback, ["127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "::", "192.168.1.10", "example.org"]))
+    assert ServeConfig().private and not ServeConfig(host="0.0.0.0").private
+
+
+def test_browser_tests_say_why_they_skip(monkeypatch, tmp_path):
+    import _serve_helpers
+
+    monkeypatch.setattr(_serve_helpers, "CHROMIUM", tmp_path / "no-chromium")
+    assert f"no Chromium at {tmp_path / 'no-chromium'}" in browser_missing()
+
+
+# ------------------------------------------------------------------ a real server process
+@pytest.fixture(scope="module")
+def served(checkpoint, tmp_path_factory):
+    """`covseg serve` in a subprocess, with the tiny checkpoint."""
+    cwd = tmp_path_factory.mktemp("served")
+    server = start_server("--checkpoint", str(checkpoint), "--max-upload-mb", "1", cwd=cwd)
+    yield server
+    server.stop()
+
+
+def test_serve_starts_in_under_5_s_on_loopback_and_says_where(served):
+    assert served.startup_s < 5, f"started in {served.startup_s:.2f} s"
+    assert served.url.startswith("http://127.0.0.1:")
+    assert served.workspace is not None and served.workspace.is_dir()
+    assert stat.S_IMODE(served.workspace.stat().st_mode) == 0o700
+    assert not any("WARNING" in line for line in served.log)
+
+
+def test_sigterm_removes_the_temporary_folder(checkpoint, tmp_path):
+    server = start_server("--checkpoint", str(checkpoint), cwd=tmp_path)
+    job_id = server.post("api/demo")["id"]
+    assert server.workspace is not None
+    wait_until(lambda: (server.workspace / job_id / "out").is_dir(), timeout=60)
+    assert server.stop(signal.SIGTERM) == 128 + signal.SIGTERM
+    assert not server.workspace.exists()
+    assert server.log[-1] == "covseg: terminated"
+
+
+def test_data_dir_keeps_the_results(checkpoint, tmp_path):
+    keep = tmp_path / "results"
+    server = start_server("--checkpoint", str(checkpoint), "--data-dir", str(keep), cwd=tmp_path)
+    assert server.workspace == keep
+    job_id = server.post("api/demo")["id"]
+    report = keep / job_id / "out" / "demo_phantom_report.json"
+    wait_until(report.is_file, timeout=60)
+    assert server.stop(signal.SIGINT) == 130
+    assert report.is_file() and server.log[-1] == "covseg: interrupted"
+
+
+# ------------------------------------------------------------------------- browser tests
+@pytest.fixture(scope="module")
+def browser():
+    reason = browser_missing()
+    if reason:
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, served):
+    """A fresh page on the served app; what it asked of anyone else, and its errors."""
+    context = browser.new_context(viewport={"width": 1360, "height": 820}, accept_downloads=True)
+    page = context.new_page()
+    page.outside = []  # type: ignore[attr-defined]
+    page.errors = []  # type: ignore[attr-defined]
+
+    def route(r):
+        if r.request.url.startswith(served.url):
+            r.continue_()
+        else:
+            page.outside.append(r.request.url)  # type: ignore[attr-defined]
+            r.abort()
+
+    page.route("**/*", route)
+    page.on("pageerror", lambda e: page.errors.append(str(e)))  # type: ignore[attr-defined]
+
+    def console(message):  # a refused upload's 4xx answer is expected, nothing else is
+        if message.type == "error" and "responded with a status of 4" not in message.text:
+            page.errors.append(message.text)  # type: ignore[attr-defined]
+
+    page.on("console", console)
+    page.goto(served.url)
+    page.wait_for_selector("body[data-viewer='ready']", timeout=30_000)
+    yield page
+    assert page.outside == [], "the page asked for something this server does not serve"
+    assert page.errors == []
+    context.close()
+
+
+SHOWN = "body[data-shown]:not([data-shown=''])"
+
+
+def _shown_job(page, served) -> dict:
+    page.wait_for_selector(SHOWN, timeout=60_000)
+    job_id = page.get_attribute("body", "data-shown")
+    return page.request.get(f"{served.url}api/jobs/{job_id}").json()
+
+
+def _page_numbers(page) -> dict[str, object]:
+    return {
+        cell.get_attribute("data-field"): (
+            json.loads(cell.get_attribute("data-value")),
+            cell.inner_text(),
+        )
+        for cell in page.query_selector_all("#burden td[data-field]")
+    }
+
+
+def _canonical(mask: Path) -> np.ndarray:
+    """A mask file's canonical ``(N, H, W)`` slices, as the report counts them."""
+    image = read_image(mask)
+    return canonical_view(image.array, image) > 0
+
+
+def _field(report: dict, path: str):
+    for key in path.split("."):
+        report = report[key]
+    return report
+
+
+def test_browser_upload_shows_overlays_numbers_and_identical_downloads(
+    page, served, checkpoint, tmp_path
+):
+    scan = _phantom(tmp_path / "scan_b.nii.gz", seed=1)
+    cli = _segment([scan], tmp_path / "cli", checkpoint)
+    expected = _report(cli, "scan_b")
+    page.set_input_files("#file-input", str(scan))
+    job = _shown_job(page, served)
+    assert job["case"] == "scan_b"
+    # The page's burden numbers are the report's, to the last digit, and shown rounded.
+    numbers = _page_numbers(page)
+    assert len(numbers) == 9
+    for path, (value, text) in numbers.items():
+        assert value == _field(expected, path), path
+        unit = "%" if path.endswith("_percent") else "mL"
+        digits = 2 if unit == "%" else 1
+        assert text == f"{value:.{digits}f} {unit}", path
+    # Clicking the plot jumps to the slice with the most infection...
+    k = int(np.argmax(expected["infection_area_per_slice"]))
+    assert page.get_attribute("#slice-info", "data-slice") != str(k)  # it opens mid-scan
+    page.click(f"#plot rect.hit[data-slice='{k}']")
+    page.wait_for_selector(f"#slice-info[data-slice='{k}']")
+    page.wait_for_timeout(300)
+    on = coloured_pixels(page.locator("#gl").screenshot())
+    # ... where the canvas shows both overlays, and neither once they are toggled off.
+    page.uncheck("#show-infection")
+    page.uncheck("#show-lungs")
+    page.wait_for_timeout(300)
+    off = coloured_pixels(page.locator("#gl").screenshot())
+    assert off == {"infection": 0, "lungs": 0}, off
+    assert on["infection"] > 200 and on["lungs"] > 200, on
+    # Red over the infection, green over the rest of the lungs: the two overlays cover the
+    # slice's two masks in proportion (edges blur a little).
+    lungs, infection = (_canonical(cli / f"scan_b_{m}.nii.gz")[k] for m in ("lungs", "infection"))
+    expected_ratio = infection.sum() / (lungs.sum() - infection.sum())
+    assert on["infection"] / on["lungs"] == pytest.approx(expected_ratio, rel=0.2)
+    # The downloads are segment's masks, byte for byte.
+    for key in ("lungs", "infection"):
+        with page.expect_download() as info:
+            page.click(f"a[data-download='{key}']")
+        download = info.value
+        assert download.suggested_filename == f"scan_b_{key}.nii.gz"
+        assert Path(download.path()).read_bytes() == (cli / f"scan_b_{key}.nii.gz").read_bytes()
+
+
+def test_browser_corrupt_upload_shows_the_error_and_a_valid_one_still_works(page, served, tmp_path):
+    bad = tmp_path / "corrupt.nii.gz"
+    bad.write_bytes(os.urandom(3000))
+    page.set_input_files("#file-input", str(bad))
+    error = page.wait_for_selector(".error-text:has-text('corrupt.nii.gz')")
+    assert "not a NIfTI, PNG/JPEG or zip file" in error.inner_text()
+    cut = tmp_path / "cut_short.nii.gz"
+    cut.write_bytes(_truncated_nifti(tmp_path))
+    page.set_input_files("#file-input", str(cut))
+    page.wait_for_selector(".error-text:has-text('cut_short.nii.gz')")
+    page.wait_for_selector("#cases li[data-state='failed']:has-text('cut_short.nii.gz')")
+    # The valid one is dropped on the page this time.
+    good = _phantom(tmp_path / "good.nii.gz", seed=2).read_bytes()
+    files = page.evaluate_handle(
+        """([b64, name]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const data = new DataTransfer();
+            data.items.add(new File([bytes], name));
+            return data;
+        }""",
+        [base64.b64encode(good).decode(), "good.nii.gz"],
+    )
+    page.dispatch_event("#drop", "drop", {"dataTransfer": files})
+    job = _shown_job(page, served)
+    assert job["case"] == "good" and job["state"] == "done"
+    assert page.inner_text("#report-title") == "good"
+
+
+def test_browser_first_view_works_without_a_scan_and_the_demo_button(page, served):
+    assert page.is_visible("#viewer-empty") and "Demo phantom" in page.inner_text("#viewer-empty")
+    assert page.is_visible("#report-empty")
+    page.click("#demo")
+    job = _shown_job(page, served)
+    assert job["case"] == "demo_phantom" and job["report"]["shape"] == [128, 128, 12]
+    for path, (value, _) in _page_numbers(page).items():
+        assert value == _field(job["report"], path)
+    assert page.locator("#plot rect.hit").count() == 12
+
+
+def test_readme_screenshot(browser, tmp_path):
+    """`make screenshot`: the README's picture, the shipped model on the demo phantom."""
+    target = os.environ.get("COVSEG_SCREENSHOT")
+    if not target:
+        pytest.skip("set COVSEG_SCREENSHOT=docs/serve.png to write the README screenshot")
+    server = start_server("--checkpoint", "pretrained", cwd=tmp_path)
+    try:
+        page = browser.new_page(viewport={"width": 1360, "height": 820})
+        page.goto(server.url)
+        page.wait_for_selector("body[data-viewer='ready']")
+        page.click("#demo")
+        page.wait_for_selector(SHOWN, timeout=300_000)
+        job_id = page.get_attribute("body", "data-shown")
+        report = page.request.get(f"{server.url}api/jobs/{job_id}").json()["report"]
+        page.click(
+            f"#plot rect.hit[data-slice='{int(np.argmax(report['infection_area_per_slice']))}']"
+        )
+        page.wait_for_timeout(500)
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=target)
+        page.close()
+    finally:
+        server.stop()
