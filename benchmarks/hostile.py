@@ -190,24 +190,34 @@ def _(tmp, ckpt):
     return _seg(tmp, ckpt, tmp / "scan.nii")
 
 
-@scenario("widened_config", "a checkpoint JSON that widens the model 1000x", "error")
-def _(tmp, ckpt):
+def _tampered(tmp: Path, ckpt: Path, write=None, **meta_changes) -> list[str]:
+    """``segment`` with a copy of ``ckpt`` whose weights ``write(state, path)`` rewrote (else
+    copied) and whose JSON got ``meta_changes``, its sha256 made to match (so only the
+    structural checks can catch it)."""
     import hashlib
     import shutil
 
+    from safetensors.torch import load_file
+
     w = tmp / "m.safetensors"
-    shutil.copy(ckpt, w)
+    if write is None:
+        shutil.copy(ckpt, w)
+    else:
+        write(load_file(str(ckpt)), w)
     meta = json.loads(ckpt.with_suffix(".json").read_text())
-    meta["model_config"]["encoder_channels"] = [4096, 8192, 8192, 8192, 8192]
-    meta["sha256"] = hashlib.sha256(w.read_bytes()).hexdigest()
-    meta["weights"] = w.name
+    meta.update(meta_changes, weights=w.name, sha256=hashlib.sha256(w.read_bytes()).hexdigest())
     w.with_suffix(".json").write_text(json.dumps(meta))
     return _seg(tmp, w, _nifti(tmp / "scan.nii.gz", _phantom()))
 
 
+@scenario("widened_config", "a checkpoint JSON that widens the model 1000x", "error")
+def _(tmp, ckpt):
+    cfg = json.loads(ckpt.with_suffix(".json").read_text())["model_config"]
+    return _tampered(tmp, ckpt, model_config={**cfg, "encoder_channels": [4096] + [8192] * 4})
+
+
 @scenario("weights_dev_zero", "a checkpoint whose weights are /dev/zero", "error")
 def _(tmp, ckpt):
-
     meta = json.loads(ckpt.with_suffix(".json").read_text())
     meta["weights"] = "m.safetensors"
     (tmp / "m.json").write_text(json.dumps(meta))
@@ -217,34 +227,20 @@ def _(tmp, ckpt):
 
 @scenario("weights_int8", "weights stored as int8 with a matching sha256", "error")
 def _(tmp, ckpt):
-    import hashlib
-
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
-    w = tmp / "m.safetensors"
-    save_file({k: v.to(torch.int8) for k, v in load_file(str(ckpt)).items()}, str(w))
-    meta = json.loads(ckpt.with_suffix(".json").read_text())
-    meta["sha256"] = hashlib.sha256(w.read_bytes()).hexdigest()
-    meta["weights"] = w.name
-    w.with_suffix(".json").write_text(json.dumps(meta))
-    return _seg(tmp, w, _nifti(tmp / "scan.nii.gz", _phantom()))
+    def int8(state, path):
+        save_file({k: v.to(torch.int8) for k, v in state.items()}, str(path))
+
+    return _tampered(tmp, ckpt, int8)
 
 
 @scenario("weights_pickle", "a .safetensors that is a torch pickle, sha256 matching", "error")
 def _(tmp, ckpt):
-    import hashlib
-
     import torch
-    from safetensors.torch import load_file
 
-    w = tmp / "m.safetensors"
-    torch.save(load_file(str(ckpt)), str(w))
-    meta = json.loads(ckpt.with_suffix(".json").read_text())
-    meta["sha256"] = hashlib.sha256(w.read_bytes()).hexdigest()
-    meta["weights"] = w.name
-    w.with_suffix(".json").write_text(json.dumps(meta))
-    return _seg(tmp, w, _nifti(tmp / "scan.nii.gz", _phantom()))
+    return _tampered(tmp, ckpt, lambda state, path: torch.save(state, str(path)))
 
 
 @scenario("checkpoint_empty_arg", '--checkpoint ""', "error")
