@@ -440,3 +440,32 @@ def test_library_warnings_never_reach_stderr(checkpoint, tmp_path, verbose):
     )
     assert r.returncode == 0, r.stderr
     assert ("overflow encountered" in r.stderr) == verbose, r.stderr
+
+
+# --------------------------------------------------------------- settings out of range
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["train", "--lr", "-1"],
+        ["train", "--batch-size", "0"],
+        ["train", "--threads", "-3"],
+        ["train", "--dice-loss", "-2"],
+        ["train", "--patience", "-1"],
+        ["train", "--pseudo-weight", "-1"],
+        ["train", "--fold", "7", "--folds", "5"],
+        ["cv", "--repeats", "0"],
+        ["cv", "--fold", "9"],
+        ["cv", "--repeat", "4", "--repeats", "3"],
+    ],
+)
+def test_settings_out_of_range_are_one_line_before_any_work(flags, tmp_path):
+    cmd, *rest = flags
+    out = tmp_path / "run"
+    rc, lines, _ = _cli(cmd, "--data", str(tmp_path / "none"), "--out", str(out), *rest)
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith(f"covseg {cmd}: error:"), lines
+    assert not out.exists()
+
+
+def test_serve_refuses_a_non_positive_upload_limit():
+    rc, lines, _ = _cli("serve", "--max-upload-mb", "0")
+    assert rc == 2 and lines == ["covseg serve: error: --max-upload-mb must be at least 1, got 0"]

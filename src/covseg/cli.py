@@ -42,6 +42,8 @@ def _add_model_info(sub: argparse._SubParsersAction) -> Runner:
 def _run_model_info(args: argparse.Namespace) -> int:
     from covseg.models import model_info
 
+    if not 16 <= args.size <= 4096:
+        raise CovsegError(f"--size must be in 16..4096, got {args.size}")
     info = model_info(args.preset, model=args.model, size=args.size)
     if args.json:
         print(json.dumps(info))
@@ -174,6 +176,14 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _configs(args: argparse.Namespace):
+    """The model and training configs the flags ask for; a value out of range is one line."""
+    try:
+        return _build_configs(args)
+    except ValueError as err:
+        raise CovsegError(f"bad setting: {err}") from None
+
+
+def _build_configs(args: argparse.Namespace):
     from covseg.config import PRESETS, TrainConfig
 
     model_cfg = PRESETS[args.preset].replace(model=args.model)
@@ -219,7 +229,10 @@ def _run_train(args: argparse.Namespace) -> int:
     from covseg.training.loop import train
 
     model_cfg, train_cfg = _configs(args)
-    train_cfg = train_cfg.replace(fold=args.fold, folds=args.folds, repeat=args.repeat)
+    try:
+        train_cfg = train_cfg.replace(fold=args.fold, folds=args.folds, repeat=args.repeat)
+    except ValueError as err:
+        raise CovsegError(f"bad setting: {err}") from None
     out = train(
         model_cfg,
         train_cfg,
@@ -381,6 +394,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> Runner:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    if args.max_upload_mb < 1:
+        raise CovsegError(f"--max-upload-mb must be at least 1, got {args.max_upload_mb}")
     try:
         from covseg.serve import ServeConfig, serve
     except ImportError as err:

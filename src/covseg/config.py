@@ -288,6 +288,30 @@ class TrainConfig:
             raise ValueError("TrainConfig: empty post-processing candidate lists")
         if self.fold is not None and not 0 <= self.fold < self.folds:
             raise ValueError(f"TrainConfig.fold {self.fold} outside 0..{self.folds - 1}")
+        at_least = {
+            "weight_decay": 0,
+            "plateau_patience": 1,
+            "patience": 0,
+            "grad_clip": 0,
+            "w_lung": 0,
+            "w_aux": 0,
+            "w_final": 0,
+            "dice": 0,
+            "pseudo_weight": 0,
+            "extra_per_epoch": 0,
+            "folds": 1,
+            "repeat": 0,
+            "workers": -1,
+            "threads": 0,
+        }
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value >= low:
+                raise ValueError(f"TrainConfig.{name} must be a number >= {low}, got {value!r}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"TrainConfig.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.w_lung + self.w_aux + self.w_final <= 0:
+            raise ValueError("TrainConfig: the loss weights w_lung, w_aux, w_final are all 0")
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes`` applied (the config is frozen)."""

@@ -81,6 +81,10 @@ def run_cv(
         The run folders of the runs requested (finished ones included).
     """
     out = Path(out)
+    if repeats < 1 or (fold is not None and not 0 <= fold < folds):
+        raise DataError(f"{out}: --fold must be in 0..{folds - 1} and --repeats >= 1")
+    if repeat is not None and not 0 <= repeat < repeats:
+        raise DataError(f"{out}: --repeat must be in 0..{repeats - 1}")
     data = PreparedDataset(data_root)
     plan = [
         (
