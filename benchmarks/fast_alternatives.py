@@ -43,6 +43,8 @@ from covseg.models import build_model, count_parameters
 from covseg.models.blocks import fold_batchnorm
 
 SMALL = PRESETS["small"]
+#: The first ``fast`` preset (one-step refinement, 16 wide), the base of the s2d4 candidates.
+S2D4_WIDE = PRESETS["fast"].replace(refine_levels=1, refine_channels=16)
 
 #: name -> (config, what it tries). ``fast`` is the shipped preset.
 ALTERNATIVES: dict[str, tuple[ModelConfig, str]] = {
@@ -67,19 +69,20 @@ ALTERNATIVES: dict[str, tuple[ModelConfig, str]] = {
         "small widths, 4x4 space-to-depth stem: all at H/4, full-resolution refinement",
     ),
     "s2d4_wide": (
-        PRESETS["fast"],
-        "s2d4 with ~2x the widths at H/4 and a 16-wide refinement (= the fast preset)",
+        S2D4_WIDE,
+        "s2d4 with ~2x the widths at H/4 and a one-step 16-wide refinement (the first fast)",
     ),
     "s2d4_r2": (
-        PRESETS["fast"].replace(refine_levels=2),
-        "fast with a two-step refinement (H/4 -> H/2 with a 2x2 space-to-depth image conv -> H)",
+        S2D4_WIDE.replace(refine_levels=2),
+        "s2d4_wide with a two-step refinement (H/4 -> H/2 with a 2x2 space-to-depth image "
+        "conv -> H)",
     ),
     "s2d4_r2w": (
-        PRESETS["fast"].replace(refine_levels=2, refine_channels=24),
-        "s2d4_r2 with a 24-wide refinement",
+        S2D4_WIDE.replace(refine_levels=2, refine_channels=24),
+        "s2d4_r2 with a 24-wide refinement (= the fast preset)",
     ),
     "s2d4_r2x": (
-        PRESETS["fast"].replace(refine_levels=2, refine_channels=32),
+        S2D4_WIDE.replace(refine_levels=2, refine_channels=32),
         "s2d4_r2 with a 32-wide refinement",
     ),
 }
