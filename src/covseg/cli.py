@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from covseg._version import __version__
+from covseg.config import INTENSITY_RULES
 from covseg.errors import CovsegError
 
 __all__ = ["main"]
@@ -77,7 +78,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> Runner:
         "--layout", choices=["auto", "zenodo20", "slices", "medseg", "nnunet"], default="auto"
     )
     p.add_argument("--size", type=int, default=256, help="side of the square slices (256)")
-    p.add_argument("--intensity", choices=["auto", "hu", "uint8", "unit", "hu1024"], default="auto")
+    p.add_argument("--intensity", choices=["auto", *INTENSITY_RULES], default="auto")
     p.add_argument("--include-effusion", action="store_true", help="medseg: effusion = infection")
     p.add_argument("--lung-labels", type=_csv, help="nnunet: lung labels, e.g. lung,1")
     p.add_argument("--infection-labels", type=_csv, help="nnunet: infection labels, e.g. 2,3")
@@ -340,7 +341,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> Runner:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument(
         "--intensity",
-        choices=["auto", "hu", "uint8", "unit", "hu1024"],
+        choices=["auto", *INTENSITY_RULES],
         help="intensity rule of every input (default: the checkpoint's, auto = told per scan)",
     )
     _backend_flag(p)

@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 
 __all__ = [
     "BACKENDS",
+    "INTENSITY_RULES",
     "PRESETS",
     "ModelConfig",
     "PostProcessing",
@@ -23,6 +24,11 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: The intensity rules of :func:`covseg.data.preprocess.normalize_intensity`: Hounsfield units;
+#: 8-bit pictures or windowed volumes; floats already scaled to ``[0, 1]``; DICOM stored values
+#: without the rescale intercept (``HU + 1024``).
+INTENSITY_RULES = ("hu", "uint8", "unit", "hu1024")
 
 #: How a :class:`~covseg.inference.predict.Predictor` runs the network (``--backend``):
 #: PyTorch fp32, PyTorch with bf16 autocast, or ONNX Runtime (CPU).
@@ -346,7 +352,7 @@ class Preprocessing:
             raise ValueError(
                 f"preprocessing.size must be an integer in 16..4096, got {self.size!r}"
             )
-        if self.intensity not in ("auto", "hu", "uint8", "unit", "hu1024"):
+        if self.intensity not in ("auto", *INTENSITY_RULES):
             raise ValueError(f"preprocessing.intensity: unknown {self.intensity!r}")
         if not _is_int(self.rotate):
             raise ValueError(f"preprocessing.rotate must be an integer, got {self.rotate!r}")

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from covseg._version import __version__
+from covseg.config import INTENSITY_RULES
 from covseg.data.geometry import canonical_spacing, volume_to_slices
 from covseg.data.io import Image, read_image
 from covseg.data.layouts import (
@@ -94,8 +95,9 @@ def prepare(
     src, out = Path(src).resolve(), Path(out)
     if size < 16:
         raise DataError(f"{out}: --size must be at least 16, got {size}")
-    if intensity not in ("auto", "hu", "uint8", "unit", "hu1024"):
-        raise DataError(f"{src}: unknown intensity rule {intensity!r} (auto, hu, uint8)")
+    if intensity not in ("auto", *INTENSITY_RULES):
+        rules = ", ".join(("auto", *INTENSITY_RULES))
+        raise DataError(f"{src}: unknown intensity rule {intensity!r} ({rules})")
     layout, cases = discover(
         src,
         layout,

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from covseg.config import INTENSITY_RULES
 from covseg.errors import DataError
 
 __all__ = [
@@ -20,10 +21,6 @@ __all__ = [
 HU_WINDOW = (-1250.0, 250.0)
 """The window that maps HU to [0, 1]; the Zenodo Radiopaedia volumes are stored in this window."""
 
-#: What :func:`normalize_intensity` knows: Hounsfield units; 8-bit pictures or windowed volumes;
-#: floats already scaled to ``[0, 1]``; DICOM stored values without the rescale intercept
-#: (``HU + 1024``).
-INTENSITY_RULES = ("hu", "uint8", "unit", "hu1024")
 #: Stored CT values below this are air or lung; a HU scan without any is not a chest CT in HU.
 _NO_AIR_HU = -100.0
 
