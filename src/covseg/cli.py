@@ -281,16 +281,39 @@ def _run_cv(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------- report / evaluate
 def _add_report(sub: argparse._SubParsersAction) -> Runner:
-    p = sub.add_parser("report", help="Table 2 of a cross-validation folder")
-    p.add_argument("dir", help="the folder of `covseg cv`")
-    p.add_argument("--no-panels", action="store_true", help="skip panels.png")
+    p = sub.add_parser(
+        "report",
+        help="Table 2 of a cross-validation folder; with several, a paired comparison",
+        description="One folder: its Table 2 (report.md/.csv/.json, panels.png) in that folder. "
+        "Several folders run on the same folds: one table of every row, paired differences "
+        "against --reference with Wilcoxon signed-rank p-values, and a per-fold Dice figure "
+        "(comparison.md/.csv/.json/.png in --out).",
+    )
+    p.add_argument("dir", nargs="+", help="the folder(s) of `covseg cv`")
+    p.add_argument("--no-panels", action="store_true", help="skip panels.png / comparison.png")
+    p.add_argument("--out", help="several folders: where the comparison goes (required)")
+    p.add_argument("--reference", help="several folders: the row compared against (the first)")
+    p.add_argument("--names", type=_csv, help="several folders: row names, comma-separated")
     return _run_report
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from covseg.evaluation.report import make_report
+    if len(args.dir) == 1:
+        from covseg.evaluation.report import make_report
 
-    print(make_report(args.dir, panels=not args.no_panels)["markdown"])
+        for name in ("out", "reference", "names"):
+            if getattr(args, name) is not None:
+                raise CovsegError(f"--{name} is for comparing several folders; one was given")
+        print(make_report(args.dir[0], panels=not args.no_panels)["markdown"])
+        return 0
+    from covseg.evaluation.compare import compare_runs
+
+    if args.out is None:
+        raise CovsegError("comparing several folders needs --out (where the comparison goes)")
+    result = compare_runs(
+        args.dir, args.out, reference=args.reference, names=args.names, figure=not args.no_panels
+    )
+    print(result["markdown"])
     return 0
 
 

@@ -22,7 +22,7 @@ from covseg.errors import DataError
 from covseg.evaluation.scores import Scores
 from covseg.files import write_json, write_text
 
-__all__ = ["MODES", "ROWS", "format_markdown", "make_report"]
+__all__ = ["MODES", "ROWS", "format_markdown", "load_runs", "make_report", "run_scores"]
 
 MODES = ("per_slice_mean", "per_volume_mean", "pooled")
 #: Table rows: (metric key, label), in the paper's order.
@@ -38,7 +38,12 @@ SURFACE = (("hd95_mm", "HD95 (mm)"), ("nsd_3mm", "NSD@3mm"))
 _RUN = re.compile(r"^fold(\d+)_rep(\d+)$")
 
 
-def _runs(root: Path) -> dict[int, dict[int, Scores]]:
+def load_runs(root: Path) -> dict[int, dict[int, Scores]]:
+    """The finished runs of a cross-validation folder: ``{fold: {repeat: Scores}}`` (0-based).
+
+    Raises:
+        DataError: no finished run, or a damaged ``test_metrics.json``.
+    """
     runs: dict[int, dict[int, Scores]] = {}
     for d in sorted(root.iterdir()) if root.is_dir() else ():
         m = _RUN.match(d.name)
@@ -54,7 +59,8 @@ def _runs(root: Path) -> dict[int, dict[int, Scores]]:
     return runs
 
 
-def _run_scores(run: Scores, mode: str) -> dict[str, float]:
+def run_scores(run: Scores, mode: str) -> dict[str, float]:
+    """One run's metrics in aggregation ``mode`` (per-slice mode: with the surface means)."""
     scores = run.aggregate(mode)
     if mode == "per_slice_mean" and run.surface:
         scores.update(run.surface_means())
@@ -69,7 +75,7 @@ def _table(runs: dict[int, dict[int, Scores]], mode: str) -> dict[str, Any]:
         keys += [k for k, _ in SURFACE]
     per_fold: dict[str, list[float]] = {k: [] for k in keys}
     for f in folds:
-        scores = [_run_scores(runs[f][r], mode) for r in sorted(runs[f])]
+        scores = [run_scores(runs[f][r], mode) for r in sorted(runs[f])]
         for k in keys:
             vals = [s.get(k, math.nan) for s in scores]
             per_fold[k].append(
@@ -122,7 +128,7 @@ def make_report(cv_dir: str | Path, panels: bool = True) -> dict[str, Any]:
         DataError: no finished runs in ``cv_dir``.
     """
     root = Path(cv_dir)
-    runs = _runs(root)
+    runs = load_runs(root)
     volume = any(k == "volume" for f in runs.values() for r in f.values() for k in r.kinds.values())
     modes = MODES if volume else ("per_slice_mean", "pooled")
     titles = {
