@@ -6,40 +6,26 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image as PILImage
 
-from _train_helpers import TINY
-from covseg.checkpoint import read_meta, save_checkpoint
+from _train_helpers import tiny_checkpoint
+from covseg.checkpoint import read_meta
 from covseg.cli import main
-from covseg.config import Preprocessing
 from covseg.data.dataset import PreparedDataset
 from covseg.data.io import natural_key, read_image
 from covseg.data.prepare import prepare
-from covseg.data.preprocess import normalize_intensity, resize_slices
-from covseg.data.synthetic import make_phantom, write_synthetic_dataset
+from covseg.data.synthetic import write_synthetic_dataset
 from covseg.evaluation.evaluate import evaluate
 from covseg.evaluation.metrics import ConfusionAccumulator
 from covseg.inference.predict import predict_probabilities
 from covseg.inference.segmenter import Segmenter
-from covseg.meta import CheckpointMeta
-from covseg.models import build_model
 
 KEYS = {"dice", "iou", "ppv", "sensitivity", "specificity"}
 
 
 @pytest.fixture
 def ckpt(tmp_path):
-    torch.manual_seed(0)
-    model = build_model(TINY).eval()
-    # shift the lung head so that an untrained model finds some lung (about half of a phantom's
-    # pixels): the infection is restricted to the lungs, and no lung would mean no infection
-    hu = make_phantom(0, (32, 32, 4))[0].transpose(2, 1, 0)
-    x = torch.from_numpy(resize_slices(normalize_intensity(hu, "hu"), 32, mask=False))[:, None]
-    with torch.no_grad():
-        model.lung_head.bias -= torch.quantile(model(x).lung, 0.5)
-    meta = CheckpointMeta(model_config=TINY, preprocessing=Preprocessing(size=32))
-    return save_checkpoint(tmp_path / "ckpt" / "best.safetensors", model, meta), model
+    return tiny_checkpoint(tmp_path / "ckpt" / "best.safetensors")
 
 
 def test_predict_probabilities_restores_mode_and_flips(ckpt):

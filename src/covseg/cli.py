@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from covseg._version import __version__
-from covseg.config import INTENSITY_RULES
+from covseg.config import INTENSITY_RULES, ROBUSTNESS_VARIANTS
 from covseg.errors import CovsegError
 
 __all__ = ["main"]
@@ -325,6 +325,18 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> Runner:
     p.add_argument("--threshold", type=float, help="override the checkpoint's threshold")
     p.add_argument("--tta", action="store_true", help="left-right flip test-time augmentation")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument(
+        "--robustness",
+        action="store_true",
+        help="also score re-framed and re-windowed variants of every case (a table, and "
+        "'robustness' in the JSON)",
+    )
+    p.add_argument(
+        "--variants",
+        metavar="NAMES",
+        help="comma-separated variants for --robustness (implies it; plain is always scored; "
+        f"default: all of {', '.join(ROBUSTNESS_VARIANTS)})",
+    )
     _backend_flag(p)
     return _run_evaluate
 
@@ -339,7 +351,13 @@ def _backend_flag(p: argparse.ArgumentParser) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from covseg.evaluation.evaluate import evaluate, format_table
+    from covseg.evaluation.robustness import format_robustness
 
+    variants = None
+    if args.variants is not None:
+        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    elif args.robustness:
+        variants = list(ROBUSTNESS_VARIANTS)
     result = evaluate(
         args.checkpoint,
         args.data,
@@ -348,8 +366,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         tta=args.tta,
         backend=args.backend,
+        robustness=variants,
     )
     print(format_table(result))
+    if "robustness" in result:
+        print()
+        print(format_robustness(result["robustness"]))
     return 0
 
 

@@ -15,6 +15,7 @@ __all__ = [
     "BACKENDS",
     "INTENSITY_RULES",
     "PRESETS",
+    "ROBUSTNESS_VARIANTS",
     "ModelConfig",
     "PostProcessing",
     "Preprocessing",
@@ -33,6 +34,19 @@ INTENSITY_RULES = ("hu", "uint8", "unit", "hu1024")
 #: How a :class:`~covseg.inference.predict.Predictor` runs the network (``--backend``):
 #: PyTorch fp32, PyTorch with bf16 autocast, or ONNX Runtime (CPU).
 BACKENDS = ("torch", "torch-bf16", "onnxruntime")
+
+#: The variants of ``evaluate --robustness`` (:data:`covseg.evaluation.robustness.VARIANTS`), in
+#: table order: as read; cropped to the lungs; zoomed out; another window; two display gammas;
+#: adaptive histogram equalisation.
+ROBUSTNESS_VARIANTS = (
+    "plain",
+    "crop_lungs",
+    "zoom_out",
+    "window",
+    "gamma_0.7",
+    "gamma_1.4",
+    "clahe",
+)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

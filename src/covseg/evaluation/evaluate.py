@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ __all__ = [
     "labelled_cases",
     "open_labelled",
     "score_cases",
+    "segment_case",
 ]
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class LabelledCase:
             only the prepared slices are available.
         images01: the prepared ``(N, S, S)`` slices when ``raw`` is ``None``.
         source: where the slices came from (messages).
+        lung: boolean lung truth in the grid of ``truth``, or ``None`` where the mask files have
+            no lung labels (prepared slices: the prepared lung mask, expert or derived).
     """
 
     id: str
@@ -71,6 +74,7 @@ class LabelledCase:
     raw: np.ndarray | None = None
     images01: np.ndarray | None = None
     source: str = ""
+    lung: np.ndarray | None = None
 
     @property
     def resolution(self) -> str:
@@ -107,30 +111,39 @@ def open_labelled(
     return prepared, {c.id: c for c in cases}
 
 
-def _original(case: Case, rotate: int) -> tuple[np.ndarray, np.ndarray, Any] | None:
-    """``(raw slices, infection truth, (slice, row, col) mm or None)`` at the original
-    resolution, or ``None`` (stacked volumes, slices of different sizes)."""
-    raws, truths, spacing = [], [], None
+def _original(
+    case: Case, rotate: int
+) -> tuple[np.ndarray, np.ndarray, Any, np.ndarray | None] | None:
+    """``(raw slices, infection truth, (slice, row, col) mm or None, lung truth or None)`` at
+    the original resolution, or ``None`` (stacked volumes, slices of different sizes). The lung
+    truth is ``None`` unless every source has lung labels (as ``prepare`` tells expert lungs)."""
+    raws, truths, lungs, spacing = [], [], [], None
     for src in case.sources:
         if src.index is not None:
             return None
         img = read_image(src.image)
-        _, inf = decode_masks(src, img, read_image)
+        lung, inf = decode_masks(src, img, read_image)
         raw, truth = (
             volume_to_slices(img),
             volume_to_slices(Image(inf, img.affine, img.kind, img.path)),
         )
+        lung = (
+            None if lung is None else volume_to_slices(Image(lung, img.affine, img.kind, img.path))
+        )
         if rotate:
             raw, truth = np.rot90(raw, rotate, (1, 2)), np.rot90(truth, rotate, (1, 2))
+            lung = None if lung is None else np.rot90(lung, rotate, (1, 2))
         raws.append(np.ascontiguousarray(raw))
         truths.append(np.ascontiguousarray(truth))
+        lungs.append(None if lung is None else np.ascontiguousarray(lung))
         sp = canonical_spacing(img)
         if sp is not None:
             row, col = (sp[1], sp[0]) if rotate % 2 else (sp[0], sp[1])
             spacing = (sp[2], row, col)
     if len({r.shape[1:] for r in raws}) != 1:
         return None
-    return np.concatenate(raws), np.concatenate(truths), spacing
+    lung_all = None if any(lg is None for lg in lungs) else np.concatenate(lungs)
+    return np.concatenate(raws), np.concatenate(truths), spacing, lung_all
 
 
 def labelled_cases(
@@ -144,8 +157,10 @@ def labelled_cases(
         kind = rec.get("kind", "slice")
         orig = _original(originals[cid], rotate) if cid in originals else None
         if orig is not None and len(orig[0]) == rec["n_slices"]:
-            raw, truth, spacing = orig
-            yield LabelledCase(cid, kind, truth, spacing, raw=raw, source=rec.get("source", ""))
+            raw, truth, spacing, lung = orig
+            yield LabelledCase(
+                cid, kind, truth, spacing, raw=raw, source=rec.get("source", ""), lung=lung
+            )
             continue
         arrays = prepared.load(cid)
         spacing = None
@@ -158,7 +173,36 @@ def labelled_cases(
             spacing,  # type: ignore[arg-type]
             images01=arrays["image"].astype(np.float32),
             source=str(prepared.root / rec["file"]),
+            lung=arrays["lung"].astype(bool),
         )
+
+
+def segment_case(seg: Segmenter, case: LabelledCase) -> tuple[str | None, np.ndarray]:
+    """The infection mask that ``covseg segment`` writes for a case's slices.
+
+    Args:
+        seg: the model with its pre- and post-processing.
+        case: the case; ``case.raw`` goes through :meth:`Segmenter.intensity_rule` and
+            :meth:`Segmenter.segment_slices`, ``case.images01`` (prepared slices) through
+            :meth:`Segmenter.segment_prepared`.
+
+    Returns:
+        ``(intensity rule applied to case.raw or None for prepared slices, boolean (N, H, W)
+        predicted infection in the grid of case.truth)``.
+
+    Raises:
+        DataError: slices that fit no intensity rule, or a case with neither ``raw`` nor
+            ``images01``.
+    """
+    if case.raw is not None:
+        rule = seg.intensity_rule(case.raw, case.source)
+        lung = np.zeros(case.raw.shape, dtype=np.uint8)
+        pred = np.zeros(case.raw.shape, dtype=np.uint8)
+        seg.segment_slices(case.raw, lung, pred, rule=rule)
+        return rule, pred.astype(bool)
+    if case.images01 is None:
+        raise DataError(f"{case.source or case.id}: a case without slices")
+    return None, seg.segment_prepared(case.images01).infection
 
 
 def score_cases(
@@ -182,16 +226,7 @@ def score_cases(
     """
     scores = Scores(postprocessing=to_dict(seg.post))
     for case in labelled_cases(prepared, case_ids, originals):
-        rule = None
-        if case.raw is not None:
-            rule = seg.intensity_rule(case.raw, case.source)
-            lung = np.zeros(case.raw.shape, dtype=np.uint8)
-            pred = np.zeros(case.raw.shape, dtype=np.uint8)
-            seg.segment_slices(case.raw, lung, pred, rule=rule)
-            pred = pred.astype(bool)
-        else:
-            assert case.images01 is not None
-            pred = seg.segment_prepared(case.images01).infection
+        rule, pred = segment_case(seg, case)
         scores.add(case, pred)
         if on_case is not None:
             on_case(case, rule, pred)
@@ -208,6 +243,7 @@ def evaluate(
     device: str = "auto",
     tta: bool = False,
     backend: str = "torch",
+    robustness: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a labelled dataset (see the module docstring).
 
@@ -220,14 +256,23 @@ def evaluate(
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         tta: add left-right flip test-time augmentation.
         backend: how the network runs (:data:`~covseg.inference.predict.BACKENDS`).
+        robustness: also score these variants of every case
+            (:data:`~covseg.evaluation.robustness.VARIANTS`); ``None``: none.
 
     Returns:
-        :meth:`Scores.summary`.
+        :meth:`Scores.summary`; with ``robustness``, plus ``"robustness"``:
+        :func:`~covseg.evaluation.robustness.robustness_summary` (``plain`` is the summary
+        itself, from the same masks).
 
     Raises:
         CheckpointError: a missing or damaged checkpoint.
+        CovsegError: an unknown variant name (before any work).
         DataError: unusable data.
     """
+    # robustness builds on this module (segment_case, labelled_cases): imported here
+    from covseg.evaluation.robustness import check_variants, robustness_summary, score_variants
+
+    variants = None if robustness is None else check_variants(robustness)
     model, meta = load_checkpoint(checkpoint)
     if threshold is not None:
         try:
@@ -238,8 +283,12 @@ def evaluate(
     seg = Segmenter(model, meta, device=device, batch_size=batch_size, tta=tta, backend=backend)
     with tempfile.TemporaryDirectory(prefix="covseg-eval-") as tmp:
         prepared, originals = open_labelled(Path(data), meta.preprocessing, Path(tmp))
-        scores = score_cases(seg, prepared, prepared.case_ids, originals)
-    result = scores.summary()
+        if variants is None:
+            result = score_cases(seg, prepared, prepared.case_ids, originals).summary()
+        else:
+            by_variant = score_variants(seg, prepared, prepared.case_ids, originals, variants)
+            result = by_variant["plain"].summary()
+            result["robustness"] = robustness_summary(by_variant)
     if json_out is not None:
         write_json(json_out, result)
     return result
