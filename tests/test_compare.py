@@ -96,6 +96,7 @@ def test_comparison_equals_hand_computation(tmp_path):
     md = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| variant | 3 | ? |" in md and "reference" in md and "Δ Dice" in md
     assert f"{np.mean(diffs):+.4f} (2/1)" in md
+    assert "do not have the same runs" in md  # the reference has one run more
     rows = list(csv.DictReader((tmp_path / "cmp" / "comparison.csv").open()))
     dice = [r for r in rows if r["metric"] == "dice" and r["mode"] == "per_slice_mean"]
     assert [r["row"] for r in dice] == ["base", "variant"]
@@ -192,4 +193,4 @@ def test_cv_keeps_the_series_of_one_patient_in_one_fold(tmp_path):
     paired = cmp["rows"]["cv_copy"]["per_slice_mean"]["dice"]["paired"]
     assert paired["n"] == 2 and paired["ties"] == 2 and paired["p"] == 1.0
     assert cmp["rows"]["cv"]["settings"]["epochs"] == 1
-    assert "| cv | 2 | 1 |" in cmp["markdown"]
+    assert "| cv | 2 | 1 |" in cmp["markdown"] and "same runs" not in cmp["markdown"]

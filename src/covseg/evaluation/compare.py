@@ -246,6 +246,14 @@ def format_comparison(result: dict[str, Any]) -> str:
             first = [name, str(len(row["units"])), "?" if epochs is None else str(epochs)]
             lines.append("| " + " | ".join([*first, *cells, *tail]) + " |")
         lines.append("")
+    unit_sets = {tuple(map(tuple, r["units"])) for r in result["rows"].values()}
+    if len(unit_sets) > 1:
+        lines += [
+            "**The rows do not have the same runs** (the `runs` column): their means are over "
+            "different folds or repeats and only Δ, over the shared runs, is a like-for-like "
+            "comparison.",
+            "",
+        ]
     lines.append(
         f"Mean ± std over folds (each fold the mean of its repeats). Δ: mean paired difference "
         f"against `{ref}` over the (fold, repeat) runs both rows have, W/L the runs it wins/loses, "
