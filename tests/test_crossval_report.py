@@ -145,3 +145,24 @@ def test_cv_runs_every_fold_then_skips_finished_runs(tmp_path, caplog):
     out = make_report(cv)
     assert set(out["tables"]) == {"per_slice_mean", "per_volume_mean", "pooled"}
     assert (cv / "panels.png").stat().st_size > 1000
+    assert out["robustness"] is None and "Robustness" not in out["markdown"]
+    # --robustness on finished runs: scored from their checkpoints, nothing retrained
+    run_cv(data, cv, TINY, FAST.replace(epochs=1), folds=2, repeats=1, robustness=True)
+    assert (runs[0] / "best.safetensors").stat().st_mtime_ns == mtime
+    for r in runs:
+        rob = json.loads((r / "test_robustness.json").read_text())["variants"]
+        m = json.loads((r / "test_metrics.json").read_text())
+        assert next(iter(rob)) == "plain" and {"crop_lungs", "zoom_out", "window"} <= set(rob)
+        assert rob["plain"]["counts"] == m["counts"]  # plain is exactly the test fold's scores
+        assert rob["zoom_out"]["cases"] == m["cases"]
+    out = make_report(cv, panels=False)
+    table = out["robustness"]["rows"]
+    assert table["plain"]["mean"] == pytest.approx(
+        out["tables"]["per_slice_mean"]["rows"]["dice"]["mean"]
+    )
+    assert table["plain"]["ratio_to_plain"] == pytest.approx(1.0)
+    assert "### Robustness" in out["markdown"] and "| zoom_out |" in out["markdown"]
+    assert "robustness:window,dice" in (cv / "report.csv").read_text()
+    (runs[1] / "test_robustness.json").unlink()
+    with pytest.raises(DataError, match=r"fold1_rep0 have no test_robustness\.json"):
+        make_report(cv, panels=False)

@@ -257,6 +257,11 @@ def _add_cv(sub: argparse._SubParsersAction) -> Runner:
     p.add_argument(
         "--force", action="store_true", help="start over the runs made with other settings"
     )
+    p.add_argument(
+        "--robustness",
+        action="store_true",
+        help="also score each test fold re-framed and re-windowed (finished runs too)",
+    )
     return _run_cv
 
 
@@ -275,6 +280,7 @@ def _run_cv(args: argparse.Namespace) -> int:
         repeat=args.repeat,
         extra_data=args.extra_data,
         force=args.force,
+        robustness=args.robustness,
     )
     return 0
 

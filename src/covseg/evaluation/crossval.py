@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from covseg.checkpoint import load_checkpoint
-from covseg.config import ModelConfig, TrainConfig
+from covseg.config import ROBUSTNESS_VARIANTS, ModelConfig, TrainConfig
 from covseg.data.dataset import PreparedDataset
 from covseg.data.preprocess import normalize_intensity, resize_slices
 from covseg.data.splits import load_or_make_folds
@@ -30,7 +30,7 @@ from covseg.inference.segmenter import Segmenter
 from covseg.training.loop import train
 from covseg.training.state import describe_changes, settings_changes
 
-__all__ = ["evaluate_test_fold", "run_cv", "run_dir"]
+__all__ = ["evaluate_test_fold", "evaluate_test_robustness", "run_cv", "run_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ def run_cv(
     repeat: int | None = None,
     extra_data: str | Path | None = None,
     force: bool = False,
+    robustness: bool = False,
 ) -> list[Path]:
     """Train and test every (fold, repeat) run that is not finished yet.
 
@@ -76,6 +77,8 @@ def run_cv(
         repeat: run only this repeat.
         extra_data: pseudo-labelled prepared dataset added to every run's training.
         force: start over the runs whose recorded settings differ.
+        robustness: also score every run's test fold re-framed and re-windowed
+            (:func:`evaluate_test_robustness`), finished runs included (no retraining).
 
     Returns:
         The run folders of the runs requested (finished ones included).
@@ -108,6 +111,8 @@ def run_cv(
     for rd, cfg in plan:
         if (rd / "test_metrics.json").exists():
             log.info("%s: finished, skipping", rd)
+            if robustness and not (rd / "test_robustness.json").exists():
+                evaluate_test_robustness(rd, data, device=cfg.device)
             continue
         log.info(
             "cross-validation run fold %d/%d, repeat %d/%d",
@@ -119,6 +124,8 @@ def run_cv(
         resume = (rd / "last_state.json").exists()
         train(model_cfg, cfg, data_root, rd, extra_data=extra_data, resume=resume)
         evaluate_test_fold(rd, data, device=cfg.device)
+        if robustness:
+            evaluate_test_robustness(rd, data, device=cfg.device)
     runs = [rd for rd, _ in plan]
     return runs
 
@@ -183,5 +190,39 @@ def evaluate_test_fold(
         run,
         result["per_slice_mean"].get("dice", float("nan")),
         scores.n_items,
+    )
+    return result
+
+
+def evaluate_test_robustness(
+    run: str | Path,
+    data: PreparedDataset,
+    device: str = "auto",
+    which: str = "best",
+    variants: tuple[str, ...] = ROBUSTNESS_VARIANTS,
+) -> dict[str, Any]:
+    """Score a run's ``which`` checkpoint on its test cases re-framed and re-windowed
+    (:func:`~covseg.evaluation.robustness.score_variants`: the ``segment`` path on each
+    variant; ``plain`` equals :func:`evaluate_test_fold`'s scores).
+
+    Writes ``run/test_robustness.json``: ``{"checkpoint", "variants": {name: Scores record}}``.
+
+    Returns:
+        The dict written.
+    """
+    from covseg.evaluation.robustness import score_variants
+
+    run = Path(run)
+    model, meta = load_checkpoint(run / f"{which}.safetensors")
+    seg = Segmenter(model, meta, device=device, batch_size=16)
+    with tempfile.TemporaryDirectory(prefix="covseg-cv-") as tmp:
+        _, originals = open_labelled(data.root, meta.preprocessing, Path(tmp))
+    scores = score_variants(seg, data, list(meta.data.test_cases), originals, variants)
+    result = {"checkpoint": which, "variants": {k: v.to_record() for k, v in scores.items()}}
+    write_json(run / "test_robustness.json", result)
+    log.info(
+        "%s: test Dice per variant %s",
+        run,
+        ", ".join(f"{k} {v.aggregate('per_slice_mean')['dice']:.4f}" for k, v in scores.items()),
     )
     return result

@@ -22,7 +22,16 @@ from covseg.errors import DataError
 from covseg.evaluation.scores import Scores
 from covseg.files import write_json, write_text
 
-__all__ = ["MODES", "ROWS", "format_markdown", "load_runs", "make_report", "run_scores"]
+__all__ = [
+    "MODES",
+    "ROWS",
+    "format_markdown",
+    "format_robustness_table",
+    "load_runs",
+    "make_report",
+    "robustness_table",
+    "run_scores",
+]
 
 MODES = ("per_slice_mean", "per_volume_mean", "pooled")
 #: Table rows: (metric key, label), in the paper's order.
@@ -121,8 +130,12 @@ def make_report(cv_dir: str | Path, panels: bool = True) -> dict[str, Any]:
         cv_dir: the folder of ``covseg cv``.
         panels: draw ``panels.png``.
 
+    With ``fold*_rep*/test_robustness.json`` in every run (``covseg cv --robustness``) the
+    files also get the robustness table (:func:`robustness_table`).
+
     Returns:
-        ``{"markdown": str, "tables": {mode: table}, "volume": bool}``.
+        ``{"markdown": str, "tables": {mode: table}, "volume": bool, "robustness": table or
+        None}``.
 
     Raises:
         DataError: no finished runs in ``cv_dir``.
@@ -138,15 +151,81 @@ def make_report(cv_dir: str | Path, panels: bool = True) -> dict[str, Any]:
     }
     tables = {m: _table(runs, m) for m in modes}
     md = "\n".join(format_markdown(tables[m], titles[m]) for m in modes)
+    robust = robustness_table(root, runs)
+    if robust is not None:
+        md += "\n" + format_robustness_table(robust)
     write_text(root / "report.md", md)
-    write_text(root / "report.csv", _csv(tables))
-    write_json(root / "report.json", {"volume": volume, "tables": tables})
+    write_text(root / "report.csv", _csv(tables, robust))
+    write_json(root / "report.json", {"volume": volume, "tables": tables, "robustness": robust})
     if panels:
         _panels(root, runs)
-    return {"markdown": md, "tables": tables, "volume": volume}
+    return {"markdown": md, "tables": tables, "volume": volume, "robustness": robust}
 
 
-def _csv(tables: dict[str, dict]) -> str:
+def robustness_table(
+    root: Path, runs: dict[int, dict[int, Scores]], mode: str = "per_slice_mean"
+) -> dict[str, Any] | None:
+    """Dice of every re-framed/re-windowed variant (``fold*_rep*/test_robustness.json`` of
+    ``covseg cv --robustness``), per fold (mean over repeats), mean ± std over folds, and the
+    ratio of its mean to the ``plain`` mean. ``None`` when no run has the file.
+
+    Raises:
+        DataError: a damaged ``test_robustness.json``, or only some runs have one (rerun
+            ``covseg cv --robustness`` to score the others).
+    """
+    found: dict[tuple[int, int], dict[str, Scores]] = {}
+    missing = []
+    for f in sorted(runs):
+        for r in sorted(runs[f]):
+            path = root / f"fold{f}_rep{r}" / "test_robustness.json"
+            if not path.exists():
+                missing.append(path.parent.name)
+                continue
+            try:
+                variants = json.loads(path.read_text())["variants"]
+                found[f, r] = {k: Scores.from_record(v, path) for k, v in variants.items()}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+                raise DataError(f"{path}: unreadable robustness scores ({err})") from None
+    if not found:
+        return None
+    if missing:
+        raise DataError(
+            f"{root}: {', '.join(missing)} have no test_robustness.json while other runs do "
+            "(rerun `covseg cv ... --robustness` with the same settings)"
+        )
+    names = list(next(iter(found.values())))
+    folds = sorted(runs)
+    rows: dict[str, Any] = {}
+    for name in names:
+        per_fold = []
+        for f in folds:
+            vals = [found[f, r][name].aggregate(mode)["dice"] for r in sorted(runs[f])]
+            per_fold.append(float(np.nanmean(vals)))
+        v = np.array(per_fold)
+        rows[name] = {"folds": per_fold, "mean": float(np.nanmean(v)), "std": float(np.nanstd(v))}
+    plain = rows.get("plain", {}).get("mean", math.nan)
+    for row in rows.values():
+        row["ratio_to_plain"] = row["mean"] / plain if plain and not math.isnan(plain) else math.nan
+    return {"mode": mode, "metric": "dice", "folds": [f + 1 for f in folds], "rows": rows}
+
+
+def format_robustness_table(table: dict[str, Any]) -> str:
+    """The robustness block of ``report.md``: one row per variant."""
+    head = ["Variant", *[f"Fold {f}" for f in table["folds"]], "Average ± std", "× plain"]
+    lines = [
+        "### Robustness: Dice (per-slice mean) of the test folds re-framed and re-windowed",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for name, row in table["rows"].items():
+        cells = [f"{v:.4f}" for v in row["folds"]]
+        avg = f"{row['mean']:.4f} ± {row['std']:.4f}"
+        lines.append("| " + " | ".join([name, *cells, avg, f"{row['ratio_to_plain']:.3f}"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _csv(tables: dict[str, dict], robust: dict[str, Any] | None = None) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     n = max(len(t["folds"]) for t in tables.values())
@@ -154,6 +233,8 @@ def _csv(tables: dict[str, dict]) -> str:
     for mode, t in tables.items():
         for key, row in t["rows"].items():
             w.writerow([mode, key, *row["folds"], row["mean"], row["std"]])
+    for name, row in (robust or {}).get("rows", {}).items():
+        w.writerow([f"robustness:{name}", "dice", *row["folds"], row["mean"], row["std"]])
     return buf.getvalue()
 
 
