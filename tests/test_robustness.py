@@ -129,6 +129,22 @@ def test_crop_lungs_zooms_in_on_the_lungs_and_scales_spacing():
     assert case.raw is raw and variant_case(case, "plain", rule) is case
 
 
+def test_crop_lungs_crops_each_picture_of_a_slice_case_to_its_own_lungs():
+    # two 2-D pictures of one patient, lungs in opposite corners: one box each, not their union
+    raw = np.zeros((2, 64, 64), dtype=np.uint8)
+    lung = np.zeros((2, 64, 64), dtype=bool)
+    lung[0, 4:20, 4:20] = True
+    lung[1, 40:60, 40:60] = True
+    raw[lung] = 200
+    case = LabelledCase("p", "slice", lung.copy(), None, raw=raw, lung=lung)
+    vcase = variant_case(case, "crop_lungs", "uint8")
+    assert vcase.lung.mean(axis=(1, 2)).min() > 0.3  # was 0.06 and 0.10: each cropped to its lungs
+    np.testing.assert_array_equal(vcase.truth, vcase.lung)
+    volume = variant_case(LabelledCase("v", "volume", lung.copy(), None, raw=raw, lung=lung),
+                          "crop_lungs", "uint8")  # fmt: skip
+    assert volume.lung.mean(axis=(1, 2)).max() < 0.15  # a volume: one box over all its slices
+
+
 @pytest.mark.parametrize("kind", ["hu", "uint8"])
 def test_zoom_out_keeps_the_whole_truth_inside_a_frame_of_air(kind):
     raw, inf, lung, rule = _phantom(kind)

@@ -11,8 +11,9 @@ Variants (:data:`VARIANTS`, in table order); ``rule`` is the intensity rule of t
 
 - ``plain``: the slices as read.
 - ``crop_lungs``: the smallest box of the slice's aspect ratio that holds the truth lungs and
-  infection of the whole case plus 8 % of the side on each border, resized back to the slice
-  size (a tighter field of view; pixels stay square). Without lung truth the lungs are
+  infection of the whole case (a volume; a case of 2-D pictures: of each picture) plus 8 % of
+  the side on each border, resized back to the slice size (a tighter field of view; pixels
+  stay square). Without lung truth the lungs are
   :func:`~covseg.data.lungmask.derive_lung_mask`'s estimate (what ``prepare`` uses for such
   datasets) united with the infection truth.
 - ``zoom_out``: the slice shrunk to 0.6x and padded back with air (-1024 HU, 0 for ``hu1024``,
@@ -395,7 +396,25 @@ def variant_case(case: LabelledCase, name: str, rule: str) -> LabelledCase:
     slices = case.raw if case.raw is not None else case.images01
     if slices is None:
         raise DataError(f"{case.source or case.id}: a case without slices")
-    out = VARIANTS[name](slices, case.truth, case.lung, rule)
+    if name == "crop_lungs" and case.kind == "slice" and len(slices) > 1:
+        # a set of 2-D pictures (not a volume): each picture cropped to its own lungs, the
+        # framing of lung-cropped slice collections
+        parts = [
+            crop_lungs(
+                slices[k : k + 1],
+                case.truth[k : k + 1],
+                None if case.lung is None else case.lung[k : k + 1],
+                rule,
+            )
+            for k in range(len(slices))
+        ]
+        out = Reframed(
+            np.concatenate([p.raw for p in parts]),
+            np.concatenate([p.truth for p in parts]),
+            None if case.lung is None else np.concatenate([p.lung for p in parts]),
+        )
+    else:
+        out = VARIANTS[name](slices, case.truth, case.lung, rule)
     spacing = case.spacing
     if spacing is not None:
         spacing = (spacing[0], spacing[1] * out.pixel_scale[0], spacing[2] * out.pixel_scale[1])
