@@ -134,6 +134,9 @@ def test_report_cli_compares_several_folders(tmp_path, capsys):
     assert "needs --out" in capsys.readouterr().err
     assert main(["report", str(a), str(tmp_path / "missing"), "--out", str(tmp_path / "e")]) == 2
     assert "splits.json: missing" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("")
+    assert main(["report", str(a), str(b), "--out", str(tmp_path / "afile")]) == 2
+    assert "afile: exists and is not a folder" in capsys.readouterr().err
 
 
 def _zenodo10_like(root: Path) -> Path:

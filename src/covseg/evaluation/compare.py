@@ -141,6 +141,8 @@ def compare_runs(
             without finished runs, or folders whose folds differ.
     """
     roots = [Path(d) for d in cv_dirs]
+    if Path(out).exists() and not Path(out).is_dir():
+        raise DataError(f"{out}: exists and is not a folder (--out is where the comparison goes)")
     if len(roots) < 2:
         raise DataError("comparing needs two or more cross-validation folders")
     names = list(names) if names else [r.name for r in roots]
