@@ -361,7 +361,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     variants = None
     if args.variants is not None:
-        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        variants = _csv(args.variants)
     elif args.robustness:
         variants = list(ROBUSTNESS_VARIANTS)
     result = evaluate(

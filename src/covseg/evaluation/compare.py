@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from covseg.errors import DataError
-from covseg.evaluation.report import MODES, ROWS, load_runs, run_scores
+from covseg.checkpoint import read_meta
+from covseg.errors import CovsegError, DataError
+from covseg.evaluation.report import MODES, ROWS, fold_summary, load_runs, run_scores
 from covseg.files import write_json, write_text
 
 __all__ = ["compare_runs", "format_comparison", "paired_test"]
@@ -76,41 +77,37 @@ def _splits(root: Path) -> list[list[str]]:
 
 
 def _settings(root: Path) -> dict[str, Any]:
-    """What the row was trained with, from its first run's checkpoint JSON (if any)."""
+    """What the row was trained with, from its first run's checkpoint (if any)."""
     for d in sorted(root.glob("fold*_rep*")):
         for name in ("last.json", "best.json"):
-            p = d / name
-            if p.exists():
-                try:
-                    meta = json.loads(p.read_text())
-                except (OSError, ValueError):
-                    continue
-                model, train = meta.get("model_config") or {}, meta.get("train_config") or {}
-                return {
-                    "model": model.get("model"),
-                    "lung_gate": model.get("lung_gate"),
-                    "use_inception": model.get("use_inception"),
-                    "w_aux": train.get("w_aux"),
-                    "dice": train.get("dice"),
-                    "epochs": train.get("epochs"),
-                    "lr": train.get("lr"),
-                    "batch_size": train.get("batch_size"),
-                }
+            if not (d / name).exists():
+                continue
+            try:
+                meta = read_meta(d / name)
+            except CovsegError:
+                continue
+            model, train = meta.model_config, meta.train_config
+            return {
+                "model": model.model,
+                "lung_gate": model.lung_gate,
+                "use_inception": model.use_inception,
+                **(
+                    {}
+                    if train is None
+                    else {
+                        "w_aux": train.w_aux,
+                        "dice": train.dice,
+                        "epochs": train.epochs,
+                        "lr": train.lr,
+                        "batch_size": train.batch_size,
+                    }
+                ),
+            }
     return {}
 
 
 def _unit_scores(runs: dict, mode: str) -> dict[tuple[int, int], dict[str, float]]:
     return {(f, r): run_scores(runs[f][r], mode) for f in runs for r in runs[f]}
-
-
-def _fold_means(units: dict[tuple[int, int], dict[str, float]], key: str) -> dict[int, float]:
-    by_fold: dict[int, list[float]] = {}
-    for (f, _), s in units.items():
-        by_fold.setdefault(f, []).append(s.get(key, math.nan))
-    return {
-        f: float(np.nanmean(v)) if not all(math.isnan(x) for x in v) else math.nan
-        for f, v in sorted(by_fold.items())
-    }
 
 
 def compare_runs(
@@ -180,12 +177,13 @@ def compare_runs(
         for m in modes:
             per: dict[str, Any] = {}
             for key in METRICS:
-                folds = _fold_means(units[n][m], key)
-                v = np.array([x for x in folds.values() if not math.isnan(x)])
+                folds, mean, std = fold_summary(
+                    {u: s.get(key, math.nan) for u, s in units[n][m].items()}
+                )
                 entry: dict[str, Any] = {
                     "folds": {str(f + 1): x for f, x in folds.items()},
-                    "mean": float(v.mean()) if v.size else math.nan,
-                    "std": float(v.std()) if v.size else math.nan,
+                    "mean": mean,
+                    "std": std,
                 }
                 if n != ref:
                     shared = sorted(set(units[n][m]) & set(units[ref][m]))

@@ -25,6 +25,7 @@ from covseg.data.preprocess import normalize_intensity, resize_slices
 from covseg.data.splits import load_or_make_folds
 from covseg.errors import DataError
 from covseg.evaluation.evaluate import LabelledCase, open_labelled, score_cases
+from covseg.evaluation.scores import Scores
 from covseg.files import write_json
 from covseg.inference.segmenter import Segmenter
 from covseg.training.loop import train
@@ -123,28 +124,54 @@ def run_cv(
         )
         resume = (rd / "last_state.json").exists()
         train(model_cfg, cfg, data_root, rd, extra_data=extra_data, resume=resume)
-        evaluate_test_fold(rd, data, device=cfg.device)
-        if robustness:
-            evaluate_test_robustness(rd, data, device=cfg.device)
+        evaluate_test_fold(rd, data, device=cfg.device, robustness=robustness)
     runs = [rd for rd, _ in plan]
     return runs
 
 
+def _open_run(
+    run: Path, data: PreparedDataset, device: str, which: str
+) -> tuple[Segmenter, Any, dict]:
+    """The run's ``which`` checkpoint as a :class:`Segmenter`, its metadata, and the original
+    cases of ``data`` (:func:`~covseg.evaluation.evaluate.open_labelled`)."""
+    model, meta = load_checkpoint(run / f"{which}.safetensors")
+    seg = Segmenter(model, meta, device=device, batch_size=16)
+    with tempfile.TemporaryDirectory(prefix="covseg-cv-") as tmp:
+        _, originals = open_labelled(data.root, meta.preprocessing, Path(tmp))
+    return seg, meta, originals
+
+
+def _write_robustness(run: Path, which: str, scores: dict[str, Scores]) -> dict[str, Any]:
+    result = {"checkpoint": which, "variants": {k: v.to_record() for k, v in scores.items()}}
+    write_json(run / "test_robustness.json", result)
+    log.info(
+        "%s: test Dice per variant %s",
+        run,
+        ", ".join(f"{k} {v.aggregate('per_slice_mean')['dice']:.4f}" for k, v in scores.items()),
+    )
+    return result
+
+
 def evaluate_test_fold(
-    run: str | Path, data: PreparedDataset, device: str = "auto", which: str = "best"
+    run: str | Path,
+    data: PreparedDataset,
+    device: str = "auto",
+    which: str = "best",
+    robustness: bool = False,
 ) -> dict[str, Any]:
     """Score a run's ``which`` checkpoint on its test cases, as ``segment`` would segment them.
 
     Writes ``run/test_metrics.json`` (:meth:`~covseg.evaluation.evaluate.Scores.to_record` plus
     ``fold``, ``repeat`` and ``checkpoint``) and ``run/panels.npz`` (the test slices with the
-    most infection, for the report's figure).
+    most infection, for the report's figure); with ``robustness`` also
+    ``run/test_robustness.json`` (:func:`evaluate_test_robustness`), from the same pass: the
+    ``plain`` variant is the test fold's scores.
 
     Returns:
-        The dict written.
+        The dict written to ``test_metrics.json``.
     """
     run = Path(run)
-    model, meta = load_checkpoint(run / f"{which}.safetensors")
-    seg = Segmenter(model, meta, device=device, batch_size=16)
+    seg, meta, originals = _open_run(run, data, device, which)
     panel: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, str]] = []
 
     def keep_panels(case: LabelledCase, rule: str | None, pred: np.ndarray) -> None:
@@ -164,9 +191,23 @@ def evaluate_test_fold(
             ]
             panel.append((int(areas[k]), *small, f"{case.id} #{k}"))
 
-    with tempfile.TemporaryDirectory(prefix="covseg-cv-") as tmp:
-        _, originals = open_labelled(data.root, meta.preprocessing, Path(tmp))
-    scores = score_cases(seg, data, list(meta.data.test_cases), originals, on_case=keep_panels)
+    cases = list(meta.data.test_cases)
+    if robustness:
+        from covseg.evaluation.robustness import score_variants
+
+        variants = score_variants(
+            seg,
+            data,
+            cases,
+            originals,
+            on_case=lambda name, case, rule, pred: (
+                keep_panels(case, rule, pred) if name == "plain" else None
+            ),
+        )
+        _write_robustness(run, which, variants)
+        scores = variants["plain"]
+    else:
+        scores = score_cases(seg, data, cases, originals, on_case=keep_panels)
     tc = meta.train_config
     result = {
         "fold": None if tc is None else tc.fold,
@@ -213,16 +254,6 @@ def evaluate_test_robustness(
     from covseg.evaluation.robustness import score_variants
 
     run = Path(run)
-    model, meta = load_checkpoint(run / f"{which}.safetensors")
-    seg = Segmenter(model, meta, device=device, batch_size=16)
-    with tempfile.TemporaryDirectory(prefix="covseg-cv-") as tmp:
-        _, originals = open_labelled(data.root, meta.preprocessing, Path(tmp))
+    seg, meta, originals = _open_run(run, data, device, which)
     scores = score_variants(seg, data, list(meta.data.test_cases), originals, variants)
-    result = {"checkpoint": which, "variants": {k: v.to_record() for k, v in scores.items()}}
-    write_json(run / "test_robustness.json", result)
-    log.info(
-        "%s: test Dice per variant %s",
-        run,
-        ", ".join(f"{k} {v.aggregate('per_slice_mean')['dice']:.4f}" for k, v in scores.items()),
-    )
-    return result
+    return _write_robustness(run, which, scores)

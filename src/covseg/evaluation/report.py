@@ -13,6 +13,7 @@ import io
 import json
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from covseg.files import write_json, write_text
 __all__ = [
     "MODES",
     "ROWS",
+    "fold_summary",
     "format_markdown",
     "format_robustness_table",
     "load_runs",
@@ -76,29 +78,39 @@ def run_scores(run: Scores, mode: str) -> dict[str, float]:
     return scores
 
 
+def fold_summary(values: Mapping[tuple[int, int], float]) -> tuple[dict[int, float], float, float]:
+    """Table 2's aggregation of one figure given per ``(fold, repeat)`` run.
+
+    Returns:
+        ``(per fold: the mean over its repeats (NaN only when all are NaN), mean, population
+        std)``; mean and std are over the non-NaN folds (NaN when there are none).
+    """
+    by_fold: dict[int, list[float]] = {}
+    for (f, _), v in sorted(values.items()):
+        by_fold.setdefault(f, []).append(v)
+    folds = {
+        f: float(np.nanmean(v)) if not all(math.isnan(x) for x in v) else math.nan
+        for f, v in by_fold.items()
+    }
+    ok = np.array([x for x in folds.values() if not math.isnan(x)])
+    return (
+        folds,
+        float(ok.mean()) if ok.size else math.nan,
+        float(ok.std()) if ok.size else math.nan,
+    )
+
+
 def _table(runs: dict[int, dict[int, Scores]], mode: str) -> dict[str, Any]:
     folds = sorted(runs)
     keys = [k for k, _ in ROWS]
     surface = mode == "per_slice_mean" and any(r.surface for f in runs.values() for r in f.values())
     if surface:
         keys += [k for k, _ in SURFACE]
-    per_fold: dict[str, list[float]] = {k: [] for k in keys}
-    for f in folds:
-        scores = [run_scores(runs[f][r], mode) for r in sorted(runs[f])]
-        for k in keys:
-            vals = [s.get(k, math.nan) for s in scores]
-            per_fold[k].append(
-                float(np.nanmean(vals)) if not all(math.isnan(v) for v in vals) else math.nan
-            )
+    scores = {(f, r): run_scores(runs[f][r], mode) for f in runs for r in runs[f]}
     rows = {}
     for k in keys:
-        v = np.array(per_fold[k], dtype=float)
-        ok = v[~np.isnan(v)]
-        rows[k] = {
-            "folds": per_fold[k],
-            "mean": float(ok.mean()) if ok.size else math.nan,
-            "std": float(ok.std()) if ok.size else math.nan,
-        }
+        per_fold, mean, std = fold_summary({u: s.get(k, math.nan) for u, s in scores.items()})
+        rows[k] = {"folds": list(per_fold.values()), "mean": mean, "std": std}
     return {
         "folds": [f + 1 for f in folds],
         "repeats": {f + 1: len(runs[f]) for f in folds},
@@ -197,12 +209,9 @@ def robustness_table(
     folds = sorted(runs)
     rows: dict[str, Any] = {}
     for name in names:
-        per_fold = []
-        for f in folds:
-            vals = [found[f, r][name].aggregate(mode)["dice"] for r in sorted(runs[f])]
-            per_fold.append(float(np.nanmean(vals)))
-        v = np.array(per_fold)
-        rows[name] = {"folds": per_fold, "mean": float(np.nanmean(v)), "std": float(np.nanstd(v))}
+        dice = {u: v[name].aggregate(mode)["dice"] for u, v in found.items()}
+        per_fold, mean, std = fold_summary(dice)
+        rows[name] = {"folds": list(per_fold.values()), "mean": mean, "std": std}
     plain = rows.get("plain", {}).get("mean", math.nan)
     for row in rows.values():
         row["ratio_to_plain"] = row["mean"] / plain if plain and not math.isnan(plain) else math.nan
