@@ -145,7 +145,13 @@ def _run_synth(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- train / cv
 def _train_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by `train` and `cv` (model, optimisation, device)."""
-    p.add_argument("--data", required=True, help="prepared dataset (covseg prepare)")
+    p.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        help="prepared dataset(s) (covseg prepare); several are trained on together, case ids "
+        "NAME/ID, folds stratified by dataset",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--preset", choices=["paper", "small", "fast"], default="small")
     p.add_argument("--model", choices=["bifurcated", "unet"], default="bifurcated")
@@ -160,6 +166,25 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=20, help="early stopping (0 = off)")
     p.add_argument("--dice-loss", type=float, default=0.0, help="extra soft-Dice weight")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument(
+        "--augmentation",
+        choices=["basic", "robust"],
+        default="basic",
+        help="basic: flips, small rotations/zooms, contrast; robust: also up-down flips, zoom "
+        "0.5-2x, crops to the lungs, windows, gamma, CLAHE, noise, blur",
+    )
+    p.add_argument(
+        "--sampling",
+        choices=["slices", "sources"],
+        default="slices",
+        help="several --data: every slice once per epoch, or an equal share per dataset",
+    )
+    p.add_argument(
+        "--derived-lung-weight",
+        type=float,
+        default=1.0,
+        help="lung-head loss weight of slices whose lung mask `prepare` derived (0 = ignore)",
+    )
     p.add_argument("--pseudo-weight", type=float, default=0.5)
     p.add_argument(
         "--extra-per-epoch",
@@ -202,6 +227,9 @@ def _build_configs(args: argparse.Namespace):
         patience=args.patience,
         dice=args.dice_loss,
         augment=not args.no_augment,
+        augmentation=args.augmentation,
+        sampling=args.sampling,
+        derived_lung_weight=args.derived_lung_weight,
         pseudo_weight=args.pseudo_weight,
         extra_per_epoch=args.extra_per_epoch,
         w_aux=0.0 if args.no_deep_supervision else 1.0,

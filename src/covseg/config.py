@@ -244,6 +244,16 @@ class TrainConfig:
         w_final: loss weight of the final infection head (paper 2).
         dice: weight of an extra soft-Dice term on the infection heads (0 = the paper's BCE only).
         augment: random flips, rotations, zooms and intensity changes of training slices.
+        augmentation: which augmentation (:data:`covseg.data.augment.PROFILES`): ``"basic"``
+            (left-right flips, small rotations and zooms, contrast) or ``"robust"`` (also
+            up-down flips, zoom 0.5-2x with aspect jitter, crops to the lungs, re-windowing,
+            gamma, CLAHE, noise, blur: for a model that must not care about framing and window).
+        sampling: how an epoch draws its slices from several datasets (``--data A B``):
+            ``"slices"``: every training slice once; ``"sources"``: as many slices as there are,
+            drawn with replacement so that each dataset gives an equal share (a small dataset is
+            not drowned out by a large one). One dataset: the same as ``"slices"``.
+        derived_lung_weight: loss weight of the lung head on slices whose lung mask was
+            derived by ``covseg prepare`` rather than drawn by an expert (0 = ignore it).
         val_fraction: share of the training fold held out for validation (paper 12 %).
         val_by: ``"slices"`` (the paper) or ``"patients"``.
         pseudo_weight: loss weight of slices from ``--extra-data`` (noisy pseudo labels).
@@ -283,6 +293,9 @@ class TrainConfig:
     w_final: float = 2.0
     dice: float = 0.0
     augment: bool = True
+    augmentation: Literal["basic", "robust"] = "basic"
+    sampling: Literal["slices", "sources"] = "slices"
+    derived_lung_weight: float = 1.0
     val_fraction: float = 0.12
     val_by: Literal["slices", "patients"] = "slices"
     pseudo_weight: float = 0.5
@@ -307,6 +320,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.schedule: unknown {self.schedule!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"TrainConfig.device: unknown {self.device!r}")
+        if self.augmentation not in ("basic", "robust"):
+            raise ValueError(f"TrainConfig.augmentation: unknown {self.augmentation!r}")
+        if self.sampling not in ("slices", "sources"):
+            raise ValueError(f"TrainConfig.sampling: unknown {self.sampling!r}")
         if not self.lung_margin_candidates or not self.min_component_candidates:
             raise ValueError("TrainConfig: empty post-processing candidate lists")
         if self.fold is not None and not 0 <= self.fold < self.folds:
@@ -321,6 +338,7 @@ class TrainConfig:
             "w_final": 0,
             "dice": 0,
             "pseudo_weight": 0,
+            "derived_lung_weight": 0,
             "extra_per_epoch": 0,
             "folds": 1,
             "repeat": 0,

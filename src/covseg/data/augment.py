@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["AugmentConfig", "make_augment"]
+__all__ = ["PROFILES", "AugmentConfig", "make_augment"]
 
 _KEYS = ("image", "lung", "infection")
 _MASKS = ("lung", "infection")
@@ -30,6 +30,9 @@ class AugmentConfig:
     scale: float = 0.1
     intensity: float = 0.1
     prob: float = 0.5
+
+
+PROFILES: dict[str, AugmentConfig] = {"basic": AugmentConfig()}
 
 
 def make_augment(cfg: AugmentConfig | None, seed: int = 0) -> Callable[[dict], dict] | None:

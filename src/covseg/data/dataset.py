@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +12,20 @@ from torch.utils.data import Dataset
 
 from covseg.errors import DataError
 
-__all__ = ["PreparedDataset", "SliceDataset"]
+__all__ = [
+    "SOURCE_SEP",
+    "CombinedDataset",
+    "PreparedDataset",
+    "SliceDataset",
+    "data_key",
+    "open_prepared",
+]
 
 _FORMAT = 1
 _KEYS = ("image", "lung", "infection")
+
+#: Joins a source name and a case id in a :class:`CombinedDataset` (``"zenodo10/coronacases_001"``).
+SOURCE_SEP = "/"
 
 
 class PreparedDataset:
@@ -88,6 +98,133 @@ class PreparedDataset:
     def items(self, case_ids: list[str]) -> list[tuple[str, int]]:
         """``(case_id, slice_index)`` for every slice of ``case_ids``, in the given order."""
         return [(c, k) for c in case_ids for k in range(int(self.case(c)["n_slices"]))]
+
+    @property
+    def name(self) -> str:
+        """The source name: the folder's name."""
+        return self.root.resolve().name
+
+    def resolve(self, case_id: str) -> tuple[str, PreparedDataset, str]:
+        """``(id prefix, the prepared dataset holding the case, its id there)``: here
+        ``("", self, case_id)`` (see :meth:`CombinedDataset.resolve`)."""
+        self.case(case_id)
+        return "", self, case_id
+
+    def sources(self) -> dict[str, str]:
+        """The source name of every case (one source here)."""
+        return dict.fromkeys(self.case_ids, self.name)
+
+
+class CombinedDataset:
+    """Several prepared datasets read as one, for training and cross-validating on all of them.
+
+    Case ids become ``NAME/ID`` (:data:`SOURCE_SEP`), ``NAME`` being each folder's name, so
+    ``splits.json``, ``test_metrics.json`` and the report tell the sources apart. The datasets
+    must have been prepared at one size. :meth:`case`, :meth:`load` and :meth:`items` behave as
+    :class:`PreparedDataset`'s; :attr:`manifest` is a summary (``layout`` ``"combined"``, the
+    common ``size``; ``intensity`` and ``rotate`` where all parts agree, else ``"auto"``/``0``;
+    each part's own parameters under ``params["sources"]``).
+
+    Args:
+        roots: two or more folders written by ``covseg prepare``.
+
+    Raises:
+        DataError: an unreadable part, two parts of one name, or different sizes.
+    """
+
+    def __init__(self, roots: Sequence[str | Path]) -> None:
+        parts = [PreparedDataset(r) for r in roots]
+        names = [p.name for p in parts]
+        if len(set(names)) != len(names):
+            raise DataError(
+                f"{', '.join(map(str, roots))}: two prepared datasets named alike "
+                f"({', '.join(names)}); case ids are prefixed by the folder name, rename one"
+            )
+        sizes = {p.name: p.manifest.get("params", {}).get("size") for p in parts}
+        if len(set(sizes.values())) != 1:
+            shown = ", ".join(f"{n} at {s} px" for n, s in sizes.items())
+            raise DataError(f"prepared at different sizes ({shown}); prepare them at one --size")
+        self.parts: dict[str, PreparedDataset] = dict(zip(names, parts, strict=True))
+        self.roots = [p.root for p in parts]
+        self.cases = [
+            {**c, "id": f"{n}{SOURCE_SEP}{c['id']}", "source_dataset": n}
+            for n, p in self.parts.items()
+            for c in p.cases
+        ]
+        self.case_ids = [c["id"] for c in self.cases]
+        self._by_id = {c["id"]: c for c in self.cases}
+        own = [p.manifest.get("params", {}) for p in parts]
+
+        def common(key: str, default):
+            values = {json.dumps(o.get(key, default)) for o in own}
+            return own[0].get(key, default) if len(values) == 1 else default
+
+        self.manifest: dict = {
+            "format": _FORMAT,
+            "layout": "combined",
+            "source": data_key(self.roots),
+            "params": {
+                "size": next(iter(sizes.values())),
+                "intensity": common("intensity", "auto"),
+                "rotate": common("rotate", 0),
+                "sources": {
+                    n: {"root": str(p.root), **o}
+                    for (n, p), o in zip(self.parts.items(), own, strict=True)
+                },
+            },
+        }
+
+    @property
+    def name(self) -> str:
+        return "+".join(self.parts)
+
+    def resolve(self, case_id: str) -> tuple[str, PreparedDataset, str]:
+        """``(prefix "NAME/", the part holding the case, the case's id in it)``.
+
+        Raises:
+            DataError: an id of no part.
+        """
+        name, sep, local = case_id.partition(SOURCE_SEP)
+        if not sep or name not in self.parts:
+            raise DataError(f"{self.manifest['source']}: no case {case_id!r}")
+        return name + SOURCE_SEP, self.parts[name], local
+
+    def case(self, case_id: str) -> dict:
+        """The manifest record of ``case_id`` (with the prefixed id)."""
+        try:
+            return self._by_id[case_id]
+        except KeyError:
+            raise DataError(f"{self.manifest['source']}: no case {case_id!r}") from None
+
+    def load(self, case_id: str) -> dict[str, np.ndarray]:
+        """The arrays of ``case_id`` (:meth:`PreparedDataset.load`)."""
+        _, part, local = self.resolve(case_id)
+        return part.load(local)
+
+    def items(self, case_ids: list[str]) -> list[tuple[str, int]]:
+        """``(case_id, slice_index)`` for every slice of ``case_ids``, in the given order."""
+        return [(c, k) for c in case_ids for k in range(int(self.case(c)["n_slices"]))]
+
+    def sources(self) -> dict[str, str]:
+        """The source name of every case."""
+        return {c["id"]: c["source_dataset"] for c in self.cases}
+
+
+def open_prepared(roots: str | Path | Sequence[str | Path]) -> PreparedDataset | CombinedDataset:
+    """One prepared folder as a :class:`PreparedDataset`, several as a :class:`CombinedDataset`."""
+    if isinstance(roots, str | Path):
+        return PreparedDataset(roots)
+    roots = list(roots)
+    if not roots:
+        raise DataError("no prepared dataset given")
+    return PreparedDataset(roots[0]) if len(roots) == 1 else CombinedDataset(roots)
+
+
+def data_key(roots: str | Path | Sequence[str | Path]) -> str:
+    """How a checkpoint records its data: the resolved folder, or the folders joined by ``" + "``."""
+    if isinstance(roots, str | Path):
+        roots = str(roots).split(" + ")
+    return " + ".join(str(Path(r).resolve()) for r in roots)
 
 
 class SliceDataset(Dataset):

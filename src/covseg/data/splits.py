@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +18,23 @@ __all__ = ["load_or_make_folds", "make_folds", "split_validation"]
 log = logging.getLogger(__name__)
 
 
-def make_folds(case_ids: list[str], folds: int = 5, seed: int = 0) -> list[dict]:
+def make_folds(
+    case_ids: list[str],
+    folds: int = 5,
+    seed: int = 0,
+    strata: Mapping[str, str] | None = None,
+) -> list[dict]:
     """Split patients into ``folds`` disjoint test sets (sizes differ by at most one).
 
     Args:
         case_ids: unique patient (case) ids; their order does not matter.
         folds: number of folds, ``2 <= folds <= len(case_ids)``.
         seed: shuffling seed; the same ids and seed give the same folds.
+        strata: the source of each case (:meth:`CombinedDataset.sources
+            <covseg.data.dataset.CombinedDataset.sources>`): each source's cases are shuffled
+            and dealt over the folds on their own, continuing where the previous source
+            stopped, so every fold holds about ``1/folds`` of every source and the fold sizes
+            still differ by at most one. One source (or ``None``) gives the unstratified folds.
 
     Returns:
         ``[{"fold": k, "train": [...], "test": [...]}]``, ids sorted within each list.
@@ -38,18 +49,33 @@ def make_folds(case_ids: list[str], folds: int = 5, seed: int = 0) -> list[dict]
         raise DataError(
             f"cannot make {folds} folds from {len(ids)} case(s) (need 2 <= folds <= cases)"
         )
-    order = np.random.default_rng(seed).permutation(len(ids))
-    shuffled = [ids[i] for i in order]
+    groups: dict[str, list[str]] = {}
+    for c in ids:
+        groups.setdefault(strata.get(c, "") if strata else "", []).append(c)
+    tests: list[list[str]] = [[] for _ in range(folds)]
+    dealt = 0
+    for _, members in sorted(groups.items()):
+        order = np.random.default_rng(seed).permutation(len(members))
+        for i, j in enumerate(order):
+            tests[(dealt + i) % folds].append(members[j])
+        dealt += len(members)
     out = []
     for k in range(folds):
-        test = sorted(shuffled[k::folds])
+        test = sorted(tests[k])
         train = sorted(set(ids) - set(test))
         out.append({"fold": k, "train": train, "test": test})
     return out
 
 
-def load_or_make_folds(path: str | Path, case_ids: list[str], folds: int, seed: int) -> list[dict]:
-    """Reuse ``path`` (``splits.json``) if it exists, else make folds and write it atomically.
+def load_or_make_folds(
+    path: str | Path,
+    case_ids: list[str],
+    folds: int,
+    seed: int,
+    strata: Mapping[str, str] | None = None,
+) -> list[dict]:
+    """Reuse ``path`` (``splits.json``) if it exists, else make folds (:func:`make_folds`,
+    stratified by ``strata``) and write it atomically.
 
     Raises:
         DataError: the existing file is unreadable, or its cases or fold count differ from
@@ -70,7 +96,7 @@ def load_or_make_folds(path: str | Path, case_ids: list[str], folds: int, seed: 
             )
         log.info("%s: reusing %d folds", path, len(saved))
         return saved
-    result = make_folds(case_ids, folds, seed)
+    result = make_folds(case_ids, folds, seed, strata)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as f:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,11 @@ import numpy as np
 
 from covseg.checkpoint import load_checkpoint
 from covseg.config import ROBUSTNESS_VARIANTS, ModelConfig, TrainConfig
-from covseg.data.dataset import PreparedDataset
+from covseg.data.dataset import CombinedDataset, PreparedDataset, open_prepared
 from covseg.data.preprocess import normalize_intensity, resize_slices
 from covseg.data.splits import load_or_make_folds
 from covseg.errors import DataError
-from covseg.evaluation.evaluate import LabelledCase, open_labelled, score_cases
+from covseg.evaluation.evaluate import LabelledCase, original_cases, score_cases
 from covseg.evaluation.scores import Scores
 from covseg.files import write_json
 from covseg.inference.segmenter import Segmenter
@@ -46,7 +47,7 @@ def run_dir(root: str | Path, fold: int, repeat: int) -> Path:
 
 
 def run_cv(
-    data_root: str | Path,
+    data_root: str | Path | Sequence[str | Path],
     out: str | Path,
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -67,7 +68,10 @@ def run_cv(
     ``force`` the run starts over.
 
     Args:
-        data_root: a prepared dataset.
+        data_root: a prepared dataset, or several (one
+            :class:`~covseg.data.dataset.CombinedDataset`: case ids ``NAME/ID``, every fold
+            holding about ``1/folds`` of each dataset's patients; ``report`` then gives Table 2
+            per dataset as well).
         out: the cross-validation folder.
         model_cfg: the network.
         train_cfg: training settings; its ``seed`` is the base seed (repeat ``r`` uses
@@ -89,7 +93,7 @@ def run_cv(
         raise DataError(f"{out}: --fold must be in 0..{folds - 1} and --repeats >= 1")
     if repeat is not None and not 0 <= repeat < repeats:
         raise DataError(f"{out}: --repeat must be in 0..{repeats - 1}")
-    data = PreparedDataset(data_root)
+    data = open_prepared(data_root)
     plan = [
         (
             run_dir(out, k, r),
@@ -108,7 +112,9 @@ def run_cv(
         if changes:
             log.info("%s: other settings, starting over (--force)", rd)
             shutil.rmtree(rd)
-    load_or_make_folds(out / "splits.json", data.case_ids, folds, train_cfg.split_seed)
+    load_or_make_folds(
+        out / "splits.json", data.case_ids, folds, train_cfg.split_seed, data.sources()
+    )
     for rd, cfg in plan:
         if (rd / "test_metrics.json").exists():
             log.info("%s: finished, skipping", rd)
@@ -130,14 +136,14 @@ def run_cv(
 
 
 def _open_run(
-    run: Path, data: PreparedDataset, device: str, which: str
+    run: Path, data: PreparedDataset | CombinedDataset, device: str, which: str
 ) -> tuple[Segmenter, Any, dict]:
     """The run's ``which`` checkpoint as a :class:`Segmenter`, its metadata, and the original
-    cases of ``data`` (:func:`~covseg.evaluation.evaluate.open_labelled`)."""
+    cases of ``data`` (:func:`~covseg.evaluation.evaluate.original_cases`)."""
     model, meta = load_checkpoint(run / f"{which}.safetensors")
     seg = Segmenter(model, meta, device=device, batch_size=16)
     with tempfile.TemporaryDirectory(prefix="covseg-cv-") as tmp:
-        _, originals = open_labelled(data.root, meta.preprocessing, Path(tmp))
+        originals = original_cases(data, meta.preprocessing, Path(tmp))
     return seg, meta, originals
 
 
@@ -154,7 +160,7 @@ def _write_robustness(run: Path, which: str, scores: dict[str, Scores]) -> dict[
 
 def evaluate_test_fold(
     run: str | Path,
-    data: PreparedDataset,
+    data: PreparedDataset | CombinedDataset,
     device: str = "auto",
     which: str = "best",
     robustness: bool = False,
@@ -237,7 +243,7 @@ def evaluate_test_fold(
 
 def evaluate_test_robustness(
     run: str | Path,
-    data: PreparedDataset,
+    data: PreparedDataset | CombinedDataset,
     device: str = "auto",
     which: str = "best",
     variants: tuple[str, ...] = ROBUSTNESS_VARIANTS,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import numpy as np
 
 from covseg.checkpoint import load_checkpoint
 from covseg.config import Preprocessing, to_dict
-from covseg.data.dataset import PreparedDataset
+from covseg.data.dataset import CombinedDataset, PreparedDataset
 from covseg.data.geometry import canonical_spacing, volume_to_slices
 from covseg.data.io import Image, read_image
 from covseg.data.layouts import Case, discover
@@ -43,6 +43,7 @@ __all__ = [
     "format_table",
     "labelled_cases",
     "open_labelled",
+    "original_cases",
     "score_cases",
     "segment_case",
 ]
@@ -111,6 +112,20 @@ def open_labelled(
     return prepared, {c.id: c for c in cases}
 
 
+def original_cases(
+    data: PreparedDataset | CombinedDataset, pre: Preprocessing, tmp: Path
+) -> dict[str, Case]:
+    """The original cases of a prepared dataset by id (:func:`open_labelled`); of a
+    :class:`~covseg.data.dataset.CombinedDataset`, those of every part under the combined ids."""
+    if isinstance(data, PreparedDataset):
+        return open_labelled(data.root, pre, tmp)[1]
+    out: dict[str, Case] = {}
+    for name, part in data.parts.items():
+        _, cases = open_labelled(part.root, pre, tmp / name)
+        out.update({f"{name}/{k}": v for k, v in cases.items()})
+    return out
+
+
 def _original(
     case: Case, rotate: int
 ) -> tuple[np.ndarray, np.ndarray, Any, np.ndarray | None] | None:
@@ -147,10 +162,18 @@ def _original(
 
 
 def labelled_cases(
-    prepared: PreparedDataset, case_ids: list[str], originals: dict[str, Case]
+    prepared: PreparedDataset | CombinedDataset, case_ids: list[str], originals: dict[str, Case]
 ) -> Iterator[LabelledCase]:
     """The cases of ``case_ids`` at their original resolution where possible (module
-    docstring), one at a time."""
+    docstring), one at a time (those of a combined dataset read from their own part, ids kept
+    combined)."""
+    if isinstance(prepared, CombinedDataset):
+        for cid in case_ids:
+            prefix, part, local = prepared.resolve(cid)
+            own = {local: originals[cid]} if cid in originals else {}
+            for case in labelled_cases(part, [local], own):
+                yield replace(case, id=prefix + case.id)
+        return
     rotate = int(prepared.manifest.get("params", {}).get("rotate", 0) or 0) % 4
     for cid in case_ids:
         rec = prepared.case(cid)

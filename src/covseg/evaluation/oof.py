@@ -23,7 +23,7 @@ import numpy as np
 from covseg.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from covseg.config import PostProcessing, to_dict
 from covseg.data.dataset import PreparedDataset
-from covseg.evaluation.evaluate import labelled_cases, open_labelled
+from covseg.evaluation.evaluate import labelled_cases, original_cases
 from covseg.evaluation.metrics import aggregate, confusion
 from covseg.inference.postprocess import masks_from_probabilities
 from covseg.inference.segmenter import Segmenter
@@ -69,7 +69,7 @@ def collect_oof(
     oof = OOF()
     with tempfile.TemporaryDirectory(prefix="covseg-oof-") as tmp:
         pre = read_meta(runs[0] / f"{which}.json").preprocessing
-        _, originals = open_labelled(data.root, pre, Path(tmp))
+        originals = original_cases(data, pre, Path(tmp))
     for run in runs:
         model, meta = load_checkpoint(run / f"{which}.safetensors")
         seg = Segmenter(model, meta, device=device, batch_size=16)

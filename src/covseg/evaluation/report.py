@@ -33,6 +33,7 @@ __all__ = [
     "make_report",
     "robustness_table",
     "run_scores",
+    "source_names",
 ]
 
 MODES = ("per_slice_mean", "per_volume_mean", "pooled")
@@ -166,20 +167,55 @@ def make_report(cv_dir: str | Path, panels: bool = True) -> dict[str, Any]:
     robust = robustness_table(root, runs)
     if robust is not None:
         md += "\n" + format_robustness_table(robust)
+    per_source: dict[str, dict[str, Any]] = {}
+    for name in source_names(runs):
+        own = {
+            f: {r: sub for r, s in reps.items() if (sub := s.subset(name)).n_items}
+            for f, reps in runs.items()
+        }
+        own = {f: reps for f, reps in own.items() if reps}
+        per_source[name] = {"tables": {m: _table(own, m) for m in modes}}
+        md += f"\n## Dataset {name}\n\n" + "\n".join(
+            format_markdown(per_source[name]["tables"][m], titles[m]) for m in modes
+        )
+        if robust is not None:
+            per_source[name]["robustness"] = rob = robustness_table(root, own, source=name)
+            md += "\n" + format_robustness_table(rob, name)  # type: ignore[arg-type]
     write_text(root / "report.md", md)
-    write_text(root / "report.csv", _csv(tables, robust))
-    write_json(root / "report.json", {"volume": volume, "tables": tables, "robustness": robust})
+    write_text(root / "report.csv", _csv(tables, robust, per_source))
+    write_json(
+        root / "report.json",
+        {"volume": volume, "tables": tables, "robustness": robust, "sources": per_source},
+    )
     if panels:
         _panels(root, runs)
-    return {"markdown": md, "tables": tables, "volume": volume, "robustness": robust}
+    return {
+        "markdown": md,
+        "tables": tables,
+        "volume": volume,
+        "robustness": robust,
+        "sources": per_source,
+    }
+
+
+def source_names(runs: dict[int, dict[int, Scores]]) -> list[str]:
+    """The datasets of a cross-validation over several (``covseg cv --data A B``), else ``[]``."""
+    names = [s.sources() for reps in runs.values() for s in reps.values()]
+    if not names or any(not n for n in names):
+        return []
+    return sorted({n for ns in names for n in ns})
 
 
 def robustness_table(
-    root: Path, runs: dict[int, dict[int, Scores]], mode: str = "per_slice_mean"
+    root: Path,
+    runs: dict[int, dict[int, Scores]],
+    mode: str = "per_slice_mean",
+    source: str | None = None,
 ) -> dict[str, Any] | None:
     """Dice of every re-framed/re-windowed variant (``fold*_rep*/test_robustness.json`` of
     ``covseg cv --robustness``), per fold (mean over repeats), mean ± std over folds, and the
-    ratio of its mean to the ``plain`` mean. ``None`` when no run has the file.
+    ratio of its mean to the ``plain`` mean. ``None`` when no run has the file. With
+    ``source``, only that dataset's cases of a combined cross-validation.
 
     Raises:
         DataError: a damaged ``test_robustness.json``, or only some runs have one (rerun
@@ -196,6 +232,8 @@ def robustness_table(
             try:
                 variants = json.loads(path.read_text())["variants"]
                 found[f, r] = {k: Scores.from_record(v, path) for k, v in variants.items()}
+                if source is not None:
+                    found[f, r] = {k: v.subset(source) for k, v in found[f, r].items()}
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
                 raise DataError(f"{path}: unreadable robustness scores ({err})") from None
     if not found:
@@ -218,11 +256,12 @@ def robustness_table(
     return {"mode": mode, "metric": "dice", "folds": [f + 1 for f in folds], "rows": rows}
 
 
-def format_robustness_table(table: dict[str, Any]) -> str:
+def format_robustness_table(table: dict[str, Any], source: str | None = None) -> str:
     """The robustness block of ``report.md``: one row per variant."""
     head = ["Variant", *[f"Fold {f}" for f in table["folds"]], "Average ± std", "× plain"]
+    where = f" ({source})" if source else ""
     lines = [
-        "### Robustness: Dice (per-slice mean) of the test folds re-framed and re-windowed",
+        f"### Robustness{where}: Dice (per-slice mean) of the test folds re-framed and re-windowed",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -234,16 +273,34 @@ def format_robustness_table(table: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _csv(tables: dict[str, dict], robust: dict[str, Any] | None = None) -> str:
+def _csv(
+    tables: dict[str, dict],
+    robust: dict[str, Any] | None = None,
+    per_source: dict[str, dict[str, Any]] | None = None,
+) -> str:
+    """``mode, metric, fold1.., mean, std``; per-dataset rows have modes ``NAME:mode`` (empty
+    cells for folds without the dataset's cases)."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    n = max(len(t["folds"]) for t in tables.values())
+    n = max(max(t["folds"]) for t in tables.values())
     w.writerow(["mode", "metric", *[f"fold{k + 1}" for k in range(n)], "mean", "std"])
-    for mode, t in tables.items():
-        for key, row in t["rows"].items():
-            w.writerow([mode, key, *row["folds"], row["mean"], row["std"]])
-    for name, row in (robust or {}).get("rows", {}).items():
-        w.writerow([f"robustness:{name}", "dice", *row["folds"], row["mean"], row["std"]])
+
+    def cells(folds: list[int], values: list[float]) -> list[Any]:
+        by = dict(zip(folds, values, strict=True))
+        return [by.get(k + 1, "") for k in range(n)]
+
+    blocks = [("", tables, robust)] + [
+        (f"{name}:", part["tables"], part.get("robustness"))
+        for name, part in (per_source or {}).items()
+    ]
+    for prefix, tabs, rob in blocks:
+        for mode, t in tabs.items():
+            for key, row in t["rows"].items():
+                vals = cells(t["folds"], row["folds"])
+                w.writerow([prefix + mode, key, *vals, row["mean"], row["std"]])
+        for name, row in (rob or {}).get("rows", {}).items():
+            vals = cells(rob["folds"], row["folds"])  # type: ignore[index]
+            w.writerow([f"{prefix}robustness:{name}", "dice", *vals, row["mean"], row["std"]])
     return buf.getvalue()
 
 

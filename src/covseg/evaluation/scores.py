@@ -49,6 +49,29 @@ class Scores:
         if case.kind == "volume" and case.spacing is not None:
             self.surface[case.id] = surface_metrics(pred, case.truth, tuple(case.spacing))
 
+    def sources(self) -> list[str]:
+        """The dataset names of a combined dataset's case ids (``NAME/ID``), sorted; ``[]``
+        when some id has no such prefix (a single dataset)."""
+        names = {c.partition("/")[0] for c in self.cases if "/" in c}
+        return sorted(names) if names and all("/" in c for c in self.cases) else []
+
+    def subset(self, source: str) -> Scores:
+        """The slices of the cases of dataset ``source`` (ids ``source/ID``)."""
+        keep = [i for i, c in enumerate(self.cases) if c.startswith(source + "/")]
+        ids = {self.cases[i] for i in keep}
+
+        def own(d: dict) -> dict:
+            return {k: v for k, v in d.items() if k in ids}
+
+        return Scores(
+            cases=[self.cases[i] for i in keep],
+            counts=[self.counts[i] for i in keep],
+            kinds=own(self.kinds),
+            surface=own(self.surface),
+            resolution=own(self.resolution),
+            postprocessing=dict(self.postprocessing),
+        )
+
     @property
     def n_items(self) -> int:
         return len(self.counts)

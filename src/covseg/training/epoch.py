@@ -13,26 +13,75 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
 from covseg.config import TrainConfig
-from covseg.data.augment import AugmentConfig, make_augment
-from covseg.data.dataset import PreparedDataset, SliceDataset
+from covseg.data.augment import PROFILES, make_augment
+from covseg.data.dataset import CombinedDataset, PreparedDataset, SliceDataset
 from covseg.models import SegOutput
 from covseg.training.distributed import ProcessGroup
-from covseg.training.losses import BifurcatedLoss, LossTerms
+from covseg.training.losses import BifurcatedLoss
 
-__all__ = ["make_loader", "train_epoch"]
+__all__ = ["draw_items", "head_weights", "make_loader", "train_epoch"]
+
+
+def head_weights(
+    data: PreparedDataset | CombinedDataset, case_id: str, cfg: TrainConfig, weight: float = 1.0
+) -> tuple[float, float]:
+    """``(infection weight, lung weight)`` of the slices of ``case_id``.
+
+    The infection heads count with ``weight`` (1 for expert masks, ``cfg.pseudo_weight`` for the
+    pseudo-labelled ``--extra-data``); the lung head with ``weight`` times
+    ``cfg.derived_lung_weight`` where ``covseg prepare`` derived the lung mask
+    (``"lung_mask": "derived"`` in the manifest) instead of reading an expert one.
+    """
+    derived = data.case(case_id).get("lung_mask") == "derived"
+    return weight, weight * (cfg.derived_lung_weight if derived else 1.0)
 
 
 class _Weighted(Dataset):
-    """Adds a loss ``"weight"`` to every sample of ``ds`` (pseudo-labelled data < 1)."""
+    """Adds the loss weights ``"weight"`` (infection) and ``"lung_weight"`` to every sample."""
 
-    def __init__(self, ds: Dataset, weight: float) -> None:
-        self.ds, self.weight = ds, float(weight)
+    def __init__(
+        self,
+        ds: SliceDataset,
+        cfg: TrainConfig,
+        weight: float,
+    ) -> None:
+        self.ds = ds
+        self.weights = {
+            c: head_weights(ds.data, c, cfg, weight) for c in {case for case, _ in ds.items}
+        }
 
     def __len__(self) -> int:
-        return len(self.ds)  # type: ignore[arg-type]
+        return len(self.ds)
 
     def __getitem__(self, i: int) -> dict:
-        return {**self.ds[i], "weight": self.weight}
+        sample = self.ds[i]
+        w, w_lung = self.weights[sample["case"]]
+        return {**sample, "weight": w, "lung_weight": w_lung}
+
+
+def draw_items(
+    data: PreparedDataset | CombinedDataset,
+    items: list[tuple[str, int]],
+    sampling: str,
+    seed: int,
+) -> list[tuple[str, int]]:
+    """The training slices of one epoch.
+
+    ``"slices"``: ``items`` as given. ``"sources"``: ``len(items)`` slices drawn with replacement
+    (seeded) so that each source of a :class:`CombinedDataset` gives an equal share.
+    """
+    sources = data.sources()
+    names = sorted({sources[c] for c, _ in items})
+    if sampling != "sources" or len(names) < 2:
+        return list(items)
+    by_source = {n: [it for it in items if sources[it[0]] == n] for n in names}
+    rng = np.random.default_rng(seed)
+    share = rng.multinomial(len(items), [1 / len(names)] * len(names))
+    drawn: list[tuple[str, int]] = []
+    for n, k in zip(names, share, strict=True):
+        pool = by_source[n]
+        drawn += [pool[i] for i in rng.integers(0, len(pool), int(k))]
+    return drawn
 
 
 def _workers(cfg: TrainConfig, device: torch.device) -> int:
@@ -53,16 +102,17 @@ def make_loader(
     device: torch.device,
 ) -> DataLoader:
     # The augmentation is rebuilt every epoch from the epoch's seed: resuming repeats it exactly.
-    aug = make_augment(AugmentConfig() if cfg.augment else None, seed=seed)
-    parts: list[Dataset] = [_Weighted(SliceDataset(data, items, aug), 1.0)]
+    aug = make_augment(PROFILES[cfg.augmentation] if cfg.augment else None, seed=seed)
+    drawn = draw_items(data, items, cfg.sampling, seed)
+    parts: list[Dataset] = [_Weighted(SliceDataset(data, drawn, aug), cfg, 1.0)]
     if extra is not None:
         ex_items = extra.items(extra.case_ids)
         if 0 < cfg.extra_per_epoch < len(ex_items):
             pick = np.random.default_rng(seed).choice(len(ex_items), cfg.extra_per_epoch, False)
             ex_items = [ex_items[i] for i in sorted(pick)]
         ex = SliceDataset(extra, ex_items, aug)
-        parts.append(_Weighted(ex, cfg.pseudo_weight))
-    ds = ConcatDataset(parts)
+        parts.append(_Weighted(ex, cfg, cfg.pseudo_weight))
+    ds: Dataset = ConcatDataset(parts)
     if group.on:
         sampler = DistributedSampler(ds, group.world, group.rank, shuffle=True, seed=cfg.seed)
         sampler.set_epoch(epoch)
@@ -82,30 +132,6 @@ def make_loader(
     )
 
 
-def _subset(out: SegOutput, idx: torch.Tensor) -> SegOutput:
-    return SegOutput(*[t[idx] if t is not None else None for t in out])
-
-
-def _weighted_loss(
-    loss_fn: BifurcatedLoss, out: SegOutput, lung: torch.Tensor, inf: torch.Tensor, w: torch.Tensor
-) -> LossTerms:
-    """Batch loss where each sample counts with its weight (expert 1, pseudo-labelled less)."""
-    if bool((w == 1).all()):
-        return loss_fn(out, lung, inf)
-    total = 0.0
-    parts: dict[str, float] = {}
-    for value in torch.unique(w):
-        idx = (w == value).nonzero(as_tuple=True)[0]
-        t = loss_fn(_subset(out, idx), lung[idx], inf[idx])
-        share = len(idx) / len(w)
-        total = total + float(value) * share * t.total
-        for k in ("lung", "infection_aux", "infection"):
-            v = getattr(t, k)
-            if v is not None:
-                parts[k] = parts.get(k, 0.0) + share * v
-    return LossTerms(total, parts.get("lung"), parts.get("infection_aux"), parts["infection"])  # type: ignore[arg-type]
-
-
 def train_epoch(
     net: nn.Module,
     loader: DataLoader,
@@ -123,13 +149,15 @@ def train_epoch(
         x = batch["image"].to(device, non_blocking=True)
         lung = batch["lung"].to(device, non_blocking=True)
         inf = batch["infection"].to(device, non_blocking=True)
-        w = batch["weight"].to(device)
+        w = batch["weight"].to(device, torch.float32)
+        w_lung = batch["lung_weight"].to(device, torch.float32)
         with torch.autocast(
             device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
         ):
             out = net(x)
         out = SegOutput(*[t.float() if t is not None else None for t in out])
-        terms = _weighted_loss(loss_fn, out, lung, inf, w)
+        all_one = bool((w == 1).all()) and bool((w_lung == 1).all())
+        terms = loss_fn(out, lung, inf, None if all_one else w, None if all_one else w_lung)
         opt.zero_grad(set_to_none=True)
         scaler.scale(terms.total).backward()
         if cfg.grad_clip > 0:

@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from torch import nn
 
 from covseg.checkpoint import load_checkpoint, save_checkpoint, update_meta
 from covseg.config import ModelConfig, PostProcessing, Preprocessing, TrainConfig
-from covseg.data.dataset import PreparedDataset
+from covseg.data.dataset import CombinedDataset, PreparedDataset, data_key, open_prepared
 from covseg.data.splits import load_or_make_folds, split_validation
 from covseg.errors import DataError
 from covseg.evaluation.metrics import confusion, dice
@@ -48,12 +49,15 @@ log = logging.getLogger(__name__)
 
 
 def fold_cases(
-    data: PreparedDataset, cfg: TrainConfig, splits_path: Path
+    data: PreparedDataset | CombinedDataset, cfg: TrainConfig, splits_path: Path
 ) -> tuple[list[str], list[str]]:
-    """``(train cases, test cases)`` of ``cfg.fold`` (all cases and none without a fold)."""
+    """``(train cases, test cases)`` of ``cfg.fold`` (all cases and none without a fold); the
+    folds of several datasets are stratified by dataset."""
     if cfg.fold is None or cfg.folds < 2:
         return list(data.case_ids), []
-    folds = load_or_make_folds(splits_path, data.case_ids, cfg.folds, cfg.split_seed)
+    folds = load_or_make_folds(
+        splits_path, data.case_ids, cfg.folds, cfg.split_seed, data.sources()
+    )
     f = folds[cfg.fold]
     return list(f["train"]), list(f["test"])
 
@@ -65,7 +69,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 def train(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
-    data_root: str | Path,
+    data_root: str | Path | Sequence[str | Path],
     out: str | Path,
     *,
     extra_data: str | Path | None = None,
@@ -86,7 +90,9 @@ def train(
     Args:
         model_cfg: the network.
         train_cfg: optimisation, data split and device settings.
-        data_root: a prepared dataset (``covseg prepare``).
+        data_root: a prepared dataset (``covseg prepare``), or several: trained on together as
+            one :class:`~covseg.data.dataset.CombinedDataset` (case ids ``NAME/ID``, folds
+            stratified by dataset, ``train_cfg.sampling`` balancing them).
         out: the run folder (created).
         extra_data: another prepared dataset (e.g. pseudo-labelled slices) whose slices are
             added to training only, with loss weight ``train_cfg.pseudo_weight``.
@@ -110,7 +116,7 @@ def train(
     try:
         with torch_threads(cpu_threads(train_cfg.threads)):
             return _train(
-                model_cfg, train_cfg, Path(data_root), out, extra_data, resume, force, device, group
+                model_cfg, train_cfg, data_root, out, extra_data, resume, force, device, group
             )
     finally:
         group.close()
@@ -119,7 +125,7 @@ def train(
 def _train(
     model_cfg: ModelConfig,
     cfg: TrainConfig,
-    data_root: Path,
+    data_root: str | Path | Sequence[str | Path],
     out: Path,
     extra_data: str | Path | None,
     resume: bool,
@@ -127,7 +133,7 @@ def _train(
     device: torch.device,
     group: ProcessGroup,
 ) -> Path:
-    data = PreparedDataset(data_root)
+    data = open_prepared(data_root)
     if resume and not (out / "last_state.json").exists():
         raise DataError(f"{out}: --resume but no last_state.json from an earlier run")
     if group.main:
@@ -158,7 +164,9 @@ def _train(
         postprocessing=PostProcessing(lung_margin_px=cfg.lung_margin_candidates[0]),
         train_config=cfg,
         data=DataRecord(
-            root=str(data_root), train_cases=tuple(train_cases), test_cases=tuple(test_cases)
+            root=str(data.root) if isinstance(data, PreparedDataset) else data_key(data.roots),
+            train_cases=tuple(train_cases),
+            test_cases=tuple(test_cases),
         ),
     )
     counters: dict[str, Any] = {"epoch": 0, "best_dice": -math.inf, "bad_epochs": 0}

@@ -23,11 +23,33 @@ class LossTerms:
     infection: torch.Tensor
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """``1 - soft Dice`` over the whole batch, ``(B, 1, H, W)`` logits and targets in {0, 1}."""
+def soft_dice_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    eps: float = 1.0,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``1 - soft Dice`` over the whole batch, ``(B, 1, H, W)`` logits and targets in {0, 1}.
+
+    With per-sample ``weight`` ``(B,)``, each sample's pixels count with its weight in the
+    overlap and the sums, and the term is scaled by the mean weight (a batch of weight-0
+    samples adds nothing; all ones is the unweighted loss).
+    """
     p = torch.sigmoid(logits)
-    inter = (p * target).sum()
-    return 1 - (2 * inter + eps) / (p.sum() + target.sum() + eps)
+    if weight is None:
+        inter = (p * target).sum()
+        return 1 - (2 * inter + eps) / (p.sum() + target.sum() + eps)
+    w = weight.reshape(-1, *([1] * (logits.dim() - 1))).to(p.dtype)
+    inter = (w * p * target).sum()
+    return weight.mean() * (1 - (2 * inter + eps) / ((w * p).sum() + (w * target).sum() + eps))
+
+
+def _bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean BCE; with per-sample ``weight``, the batch mean of weight x each sample's mean."""
+    if weight is None:
+        return F.binary_cross_entropy_with_logits(logits, target)
+    per_sample = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return (per_sample.flatten(1).mean(1) * weight.to(per_sample.dtype)).mean()
 
 
 class BifurcatedLoss(nn.Module):
@@ -43,6 +65,10 @@ class BifurcatedLoss(nn.Module):
         w_final: weight of the fusion block's final infection head.
         dice: weight of the soft-Dice term added to both infection heads (0 = off).
 
+    Per-sample weights (``forward``'s ``weight`` for the infection heads, ``lung_weight`` for
+    the lung head; ``(B,)``, default 1) make each term the batch mean of weight x the sample's
+    term: pseudo-labelled slices count less, a derived or missing lung mask less or not at all.
+
     Shape:
         ``out`` holds ``(B, 1, H, W)`` logits; ``lung`` and ``infection`` are ``(B, 1, H, W)``
         targets in {0, 1} (float).
@@ -54,22 +80,29 @@ class BifurcatedLoss(nn.Module):
         super().__init__()
         self.w_lung, self.w_aux, self.w_final, self.dice = w_lung, w_aux, w_final, dice
 
-    def _infection_term(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        term = F.binary_cross_entropy_with_logits(logits, target)
+    def _infection_term(
+        self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None
+    ) -> torch.Tensor:
+        term = _bce(logits, target, weight)
         if self.dice > 0:
-            term = term + self.dice * soft_dice_loss(logits, target)
+            term = term + self.dice * soft_dice_loss(logits, target, weight=weight)
         return term
 
     def forward(
-        self, out: SegOutput, lung: torch.Tensor | None, infection: torch.Tensor
+        self,
+        out: SegOutput,
+        lung: torch.Tensor | None,
+        infection: torch.Tensor,
+        weight: torch.Tensor | None = None,
+        lung_weight: torch.Tensor | None = None,
     ) -> LossTerms:
-        final = self._infection_term(out.infection, infection)
+        final = self._infection_term(out.infection, infection, weight)
         total = self.w_final * final
         lung_term = aux_term = None
         if out.lung is not None and lung is not None:
-            lung_term = F.binary_cross_entropy_with_logits(out.lung, lung)
+            lung_term = _bce(out.lung, lung, lung_weight)
             total = total + self.w_lung * lung_term
         if out.infection_aux is not None:
-            aux_term = self._infection_term(out.infection_aux, infection)
+            aux_term = self._infection_term(out.infection_aux, infection, weight)
             total = total + self.w_aux * aux_term
         return LossTerms(total, lung_term, aux_term, final)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,7 @@ def settings_changes(
     out: Path,
     model_cfg: Any,
     train_cfg: Any,
-    data_root: str | Path,
+    data_root: str | Path | Sequence[str | Path],
     data: Any = None,
     preprocessing: Any = None,
 ) -> list[str]:
@@ -96,6 +97,7 @@ def settings_changes(
     folder, and where given the :class:`~covseg.meta.DataRecord` cases and the preprocessing."""
     from covseg.checkpoint import read_meta
     from covseg.config import to_dict
+    from covseg.data.dataset import data_key
 
     if not (out / "last.json").exists():
         return []
@@ -112,7 +114,7 @@ def settings_changes(
         compare("", to_dict(old.train_config), to_dict(train_cfg), RESUMABLE)
     if preprocessing is not None:
         compare("preprocessing.", to_dict(old.preprocessing), to_dict(preprocessing))
-    if old.data.root is not None and Path(old.data.root).resolve() != Path(data_root).resolve():
+    if old.data.root is not None and data_key(old.data.root) != data_key(data_root):
         changes.append(f"data: {old.data.root} -> {data_root}")
     if data is not None and (
         tuple(old.data.train_cases) != tuple(data.train_cases)
