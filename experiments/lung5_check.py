@@ -44,7 +44,9 @@ def main() -> None:
             rows[image_file.stem] = score
             print(f"{image_file.stem:<40} expert lung {truth.sum():>6} px  lung Dice {score:.3f}")
     if args.json:
-        args.json.write_text(json.dumps({"checkpoint": args.checkpoint, "lung_dice": rows}, indent=1))
+        args.json.write_text(
+            json.dumps({"checkpoint": args.checkpoint, "lung_dice": rows}, indent=1)
+        )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from _train_helpers import FAST
 from covseg.cli import main
 from covseg.data.dataset import CombinedDataset, PreparedDataset, open_prepared
 from covseg.data.prepare import prepare
@@ -20,8 +21,6 @@ from covseg.errors import DataError
 from covseg.models import SegOutput
 from covseg.training.epoch import draw_items, head_weights
 from covseg.training.losses import BifurcatedLoss, soft_dice_loss
-
-from _train_helpers import FAST
 
 
 def _hand_made(root, n_cases, n_slices=2, size=16, lung_mask="expert", prefix="p"):
