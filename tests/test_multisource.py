@@ -192,3 +192,19 @@ def test_cv_over_two_datasets_reports_each(two_sources, tmp_path, capsys):
     other = ["cv", "--data", str(b), str(a), *args[4:]]
     assert main([*other, "--patience", "0"]) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_loader_workers_draw_their_own_augmentation(tmp_path):
+    import torch.utils.data
+
+    from covseg.training.distributed import ProcessGroup
+    from covseg.training.epoch import make_loader
+
+    data = PreparedDataset(_hand_made(tmp_path / "same", 1, n_slices=8, size=32))
+    for c in data.case_ids:  # every slice the same picture: only the augmentation differs
+        data.load(c)["image"][:] = np.linspace(0, 1, 32, dtype=np.float16)[None, None, :]
+    cfg = FAST.replace(augment=True, augmentation="robust", workers=2, batch_size=4)
+    cpu = torch.device("cpu")
+    loader = make_loader(data, data.items(data.case_ids), None, cfg, 7, 0, ProcessGroup(cpu), cpu)
+    first, second = (b["image"] for b in loader)  # batch 0 from worker 0, batch 1 from worker 1
+    assert not torch.equal(first, second)

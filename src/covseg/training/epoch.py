@@ -122,14 +122,32 @@ def make_loader(
     # A last batch of one slice is dropped: batch norm cannot train on one value per channel
     # (a small input whose bottleneck is 1x1 would stop the run with a ValueError).
     per_process = len(kw["sampler"]) if "sampler" in kw else len(ds)
+    workers = _workers(cfg, device)
+    if workers > 0 and cfg.augment:
+        kw["worker_init_fn"] = _WorkerAugment(cfg.augmentation, seed, group.rank)
     return DataLoader(
         ds,
         batch_size=cfg.batch_size,
-        num_workers=_workers(cfg, device),
+        num_workers=workers,
         pin_memory=device.type == "cuda",
         drop_last=per_process > 1 and per_process % cfg.batch_size == 1,
         **kw,
     )
+
+
+class _WorkerAugment:
+    """``worker_init_fn``: each DataLoader worker (and each DDP rank) gets its own augmentation
+    seed; otherwise every worker would copy one random state and repeat the same draws."""
+
+    def __init__(self, profile: str, seed: int, rank: int) -> None:
+        self.profile, self.seed, self.rank = profile, seed, rank
+
+    def __call__(self, worker_id: int) -> None:
+        info = torch.utils.data.get_worker_info()
+        seed = (self.seed + 7919 * (1 + worker_id) + 104729 * self.rank) % (2**31)
+        aug = make_augment(PROFILES[self.profile], seed=seed)
+        for part in info.dataset.datasets if info is not None else ():  # ConcatDataset
+            part.ds.transform = aug  # _Weighted(SliceDataset)
 
 
 def train_epoch(
