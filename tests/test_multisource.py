@@ -164,6 +164,7 @@ def test_cv_over_two_datasets_reports_each(two_sources, tmp_path, capsys):
     args = ["cv", "--data", str(a), str(b), "--out", str(cv), "--folds", "2", "--repeats", "1"]
     args += ["--preset", "small", "--epochs", "1", "--batch-size", "4", "--device", "cpu"]
     args += ["--sampling", "sources", "--derived-lung-weight", "0.5", "--no-augment"]
+    args += ["--robustness", "--augmentation", "robust"]
     # the tiny phantoms train the small preset in seconds at 32 px
     assert main([*args, "--patience", "0"]) == 0
     folds = json.loads((cv / "splits.json").read_text())["folds"]
@@ -179,6 +180,14 @@ def test_cv_over_two_datasets_reports_each(two_sources, tmp_path, capsys):
     assert set(report["sources"]) == {"vol", "pics"}
     md = (cv / "report.md").read_text()
     assert "## Dataset vol" in md and "## Dataset pics" in md
+    assert "### Robustness (pics)" in md
+    rob = report["sources"]["pics"]["robustness"]["rows"]
+    assert rob["plain"]["mean"] == pytest.approx(
+        report["sources"]["pics"]["tables"]["per_slice_mean"]["rows"]["dice"]["mean"]
+    )
+    rows = (cv / "report.csv").read_text().splitlines()
+    assert any(r.startswith("pics:per_slice_mean,dice,") for r in rows)
+    assert any(r.startswith("vol:robustness:clahe,dice,") for r in rows)
     # each dataset's table is computed from its own slices only
     from covseg.evaluation.report import load_runs
 
