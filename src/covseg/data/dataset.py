@@ -28,7 +28,29 @@ _KEYS = ("image", "lung", "infection")
 SOURCE_SEP = "/"
 
 
-class PreparedDataset:
+class _CaseIndex:
+    """Case records by id (``self._by_id``, filled by the subclass) and their slices."""
+
+    _by_id: dict[str, dict]
+    _where: str
+
+    def case(self, case_id: str) -> dict:
+        """The manifest record of ``case_id``.
+
+        Raises:
+            DataError: no such case.
+        """
+        try:
+            return self._by_id[case_id]
+        except KeyError:
+            raise DataError(f"{self._where}: no case {case_id!r}") from None
+
+    def items(self, case_ids: list[str]) -> list[tuple[str, int]]:
+        """``(case_id, slice_index)`` for every slice of ``case_ids``, in the given order."""
+        return [(c, k) for c in case_ids for k in range(int(self.case(c)["n_slices"]))]
+
+
+class PreparedDataset(_CaseIndex):
     """A prepared dataset: its manifest and, on demand, its case arrays (cached in memory).
 
     Args:
@@ -67,14 +89,8 @@ class PreparedDataset:
         if len(set(self.case_ids)) != len(self.case_ids):
             raise DataError(f"{path}: duplicate case ids")
         self._by_id = {c["id"]: c for c in cases}
+        self._where = str(self.root)
         self._cache: dict[str, dict[str, np.ndarray]] = {}
-
-    def case(self, case_id: str) -> dict:
-        """The manifest record of ``case_id``."""
-        try:
-            return self._by_id[case_id]
-        except KeyError:
-            raise DataError(f"{self.root}: no case {case_id!r}") from None
 
     def load(self, case_id: str) -> dict[str, np.ndarray]:
         """``{"image": float16 (N,S,S), "lung": uint8 (N,S,S), "infection": uint8 (N,S,S)}``.
@@ -95,10 +111,6 @@ class PreparedDataset:
             self._cache[case_id] = arrays
         return self._cache[case_id]
 
-    def items(self, case_ids: list[str]) -> list[tuple[str, int]]:
-        """``(case_id, slice_index)`` for every slice of ``case_ids``, in the given order."""
-        return [(c, k) for c in case_ids for k in range(int(self.case(c)["n_slices"]))]
-
     @property
     def name(self) -> str:
         """The source name: the folder's name."""
@@ -115,7 +127,7 @@ class PreparedDataset:
         return dict.fromkeys(self.case_ids, self.name)
 
 
-class CombinedDataset:
+class CombinedDataset(_CaseIndex):
     """Several prepared datasets read as one, for training and cross-validating on all of them.
 
     Case ids become ``NAME/ID`` (:data:`SOURCE_SEP`), ``NAME`` being each folder's name, so
@@ -153,6 +165,7 @@ class CombinedDataset:
         ]
         self.case_ids = [c["id"] for c in self.cases]
         self._by_id = {c["id"]: c for c in self.cases}
+        self._where = data_key(self.roots)
         own = [p.manifest.get("params", {}) for p in parts]
 
         def common(key: str, default):
@@ -189,21 +202,10 @@ class CombinedDataset:
             raise DataError(f"{self.manifest['source']}: no case {case_id!r}")
         return name + SOURCE_SEP, self.parts[name], local
 
-    def case(self, case_id: str) -> dict:
-        """The manifest record of ``case_id`` (with the prefixed id)."""
-        try:
-            return self._by_id[case_id]
-        except KeyError:
-            raise DataError(f"{self.manifest['source']}: no case {case_id!r}") from None
-
     def load(self, case_id: str) -> dict[str, np.ndarray]:
         """The arrays of ``case_id`` (:meth:`PreparedDataset.load`)."""
         _, part, local = self.resolve(case_id)
         return part.load(local)
-
-    def items(self, case_ids: list[str]) -> list[tuple[str, int]]:
-        """``(case_id, slice_index)`` for every slice of ``case_ids``, in the given order."""
-        return [(c, k) for c in case_ids for k in range(int(self.case(c)["n_slices"]))]
 
     def sources(self) -> dict[str, str]:
         """The source name of every case."""
