@@ -225,8 +225,9 @@ def test_fold_batchnorm_conv_variants_to_1e5(separable, factorize, stride):
     assert torch.allclose(ref, folded, atol=1e-5, rtol=1e-5)
 
 
-def test_small_and_paper_state_dicts_unchanged_by_new_fields():
-    """The fast preset's fields default to today's networks: the shipped checkpoint loads."""
+def test_shipped_checkpoint_is_a_preset_whose_state_dict_is_unchanged():
+    """The shipped checkpoint loads strictly and is one of the presets: the fields added since
+    (stems, refinement, ...) default to networks whose parameters it still matches."""
     from pathlib import Path
 
     from covseg.checkpoint import load_checkpoint
@@ -234,8 +235,10 @@ def test_small_and_paper_state_dicts_unchanged_by_new_fields():
     weights = Path(__file__).parents[1] / "src/covseg/pretrained/model.safetensors"
     if not weights.exists():
         pytest.skip("no shipped checkpoint")
-    model, _ = load_checkpoint(weights)  # strict=True inside
-    expected = build_model(PRESETS["small"]).state_dict()
+    model, meta = load_checkpoint(weights)  # strict=True inside
+    names = [n for n, cfg in PRESETS.items() if cfg == meta.model_config]
+    assert names, f"the shipped model is no preset: {meta.model_config}"
+    expected = build_model(PRESETS[names[0]]).state_dict()
     got = model.state_dict()
     assert list(got) == list(expected)
     assert all(got[k].shape == expected[k].shape for k in got)
