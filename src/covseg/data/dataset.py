@@ -116,12 +116,6 @@ class PreparedDataset(_CaseIndex):
         """The source name: the folder's name."""
         return self.root.resolve().name
 
-    def resolve(self, case_id: str) -> tuple[str, PreparedDataset, str]:
-        """``(id prefix, the prepared dataset holding the case, its id there)``: here
-        ``("", self, case_id)`` (see :meth:`CombinedDataset.resolve`)."""
-        self.case(case_id)
-        return "", self, case_id
-
     def sources(self) -> dict[str, str]:
         """The source name of every case (one source here)."""
         return dict.fromkeys(self.case_ids, self.name)
@@ -175,7 +169,7 @@ class CombinedDataset(_CaseIndex):
         self.manifest: dict = {
             "format": _FORMAT,
             "layout": "combined",
-            "source": data_key(self.roots),
+            "source": self._where,
             "params": {
                 "size": next(iter(sizes.values())),
                 "intensity": common("intensity", "auto"),
@@ -187,10 +181,6 @@ class CombinedDataset(_CaseIndex):
             },
         }
 
-    @property
-    def name(self) -> str:
-        return "+".join(self.parts)
-
     def resolve(self, case_id: str) -> tuple[str, PreparedDataset, str]:
         """``(prefix "NAME/", the part holding the case, the case's id in it)``.
 
@@ -199,7 +189,7 @@ class CombinedDataset(_CaseIndex):
         """
         name, sep, local = case_id.partition(SOURCE_SEP)
         if not sep or name not in self.parts:
-            raise DataError(f"{self.manifest['source']}: no case {case_id!r}")
+            raise DataError(f"{self._where}: no case {case_id!r}")
         return name + SOURCE_SEP, self.parts[name], local
 
     def load(self, case_id: str) -> dict[str, np.ndarray]:

@@ -26,7 +26,7 @@ import numpy as np
 
 from covseg.checkpoint import load_checkpoint
 from covseg.config import Preprocessing, to_dict
-from covseg.data.dataset import CombinedDataset, PreparedDataset
+from covseg.data.dataset import SOURCE_SEP, CombinedDataset, PreparedDataset
 from covseg.data.geometry import canonical_spacing, volume_to_slices
 from covseg.data.io import Image, read_image
 from covseg.data.layouts import Case, discover
@@ -122,7 +122,7 @@ def original_cases(
     out: dict[str, Case] = {}
     for name, part in data.parts.items():
         _, cases = open_labelled(part.root, pre, tmp / name)
-        out.update({f"{name}/{k}": v for k, v in cases.items()})
+        out.update({f"{name}{SOURCE_SEP}{k}": v for k, v in cases.items()})
     return out
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "fold_summary",
     "format_markdown",
     "format_robustness_table",
+    "load_robustness",
     "load_runs",
     "make_report",
     "robustness_table",
@@ -144,7 +145,7 @@ def make_report(cv_dir: str | Path, panels: bool = True) -> dict[str, Any]:
         panels: draw ``panels.png``.
 
     With ``fold*_rep*/test_robustness.json`` in every run (``covseg cv --robustness``) the
-    files also get the robustness table (:func:`robustness_table`).
+    files also get the robustness table (:func:`load_robustness`, :func:`robustness_table`).
 
     Returns:
         ``{"markdown": str, "tables": {mode: table}, "volume": bool, "robustness": table or
@@ -164,7 +165,8 @@ def make_report(cv_dir: str | Path, panels: bool = True) -> dict[str, Any]:
     }
     tables = {m: _table(runs, m) for m in modes}
     md = "\n".join(format_markdown(tables[m], titles[m]) for m in modes)
-    robust = robustness_table(root, runs)
+    variants = load_robustness(root, runs)
+    robust = robustness_table(variants) if variants is not None else None
     if robust is not None:
         md += "\n" + format_robustness_table(robust)
     per_source: dict[str, dict[str, Any]] = {}
@@ -178,9 +180,14 @@ def make_report(cv_dir: str | Path, panels: bool = True) -> dict[str, Any]:
         md += f"\n## Dataset {name}\n\n" + "\n".join(
             format_markdown(per_source[name]["tables"][m], titles[m]) for m in modes
         )
-        if robust is not None:
-            per_source[name]["robustness"] = rob = robustness_table(root, own, source=name)
-            md += "\n" + format_robustness_table(rob, name)  # type: ignore[arg-type]
+        if variants is not None:
+            own_variants = {
+                (f, r): {k: v.subset(name) for k, v in vs.items()}
+                for (f, r), vs in variants.items()
+                if r in own.get(f, {})
+            }
+            per_source[name]["robustness"] = rob = robustness_table(own_variants)
+            md += "\n" + format_robustness_table(rob, name)
     write_text(root / "report.md", md)
     write_text(root / "report.csv", _csv(tables, robust, per_source))
     write_json(
@@ -206,16 +213,11 @@ def source_names(runs: dict[int, dict[int, Scores]]) -> list[str]:
     return sorted({n for ns in names for n in ns})
 
 
-def robustness_table(
-    root: Path,
-    runs: dict[int, dict[int, Scores]],
-    mode: str = "per_slice_mean",
-    source: str | None = None,
-) -> dict[str, Any] | None:
-    """Dice of every re-framed/re-windowed variant (``fold*_rep*/test_robustness.json`` of
-    ``covseg cv --robustness``), per fold (mean over repeats), mean ± std over folds, and the
-    ratio of its mean to the ``plain`` mean. ``None`` when no run has the file. With
-    ``source``, only that dataset's cases of a combined cross-validation.
+def load_robustness(
+    root: Path, runs: dict[int, dict[int, Scores]]
+) -> dict[tuple[int, int], dict[str, Scores]] | None:
+    """The variant scores of every run (``fold*_rep*/test_robustness.json`` of ``covseg cv
+    --robustness``) by ``(fold, repeat)``; ``None`` when no run has the file.
 
     Raises:
         DataError: a damaged ``test_robustness.json``, or only some runs have one (rerun
@@ -232,8 +234,6 @@ def robustness_table(
             try:
                 variants = json.loads(path.read_text())["variants"]
                 found[f, r] = {k: Scores.from_record(v, path) for k, v in variants.items()}
-                if source is not None:
-                    found[f, r] = {k: v.subset(source) for k, v in found[f, r].items()}
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
                 raise DataError(f"{path}: unreadable robustness scores ({err})") from None
     if not found:
@@ -243,11 +243,19 @@ def robustness_table(
             f"{root}: {', '.join(missing)} have no test_robustness.json while other runs do "
             "(rerun `covseg cv ... --robustness` with the same settings)"
         )
-    names = list(next(iter(found.values())))
-    folds = sorted(runs)
+    return found
+
+
+def robustness_table(
+    variants: dict[tuple[int, int], dict[str, Scores]], mode: str = "per_slice_mean"
+) -> dict[str, Any]:
+    """Dice of every re-framed/re-windowed variant (:func:`load_robustness`), per fold (mean
+    over repeats), mean ± std over folds, and the ratio of its mean to the ``plain`` mean."""
+    names = list(next(iter(variants.values())))
+    folds = sorted({f for f, _ in variants})
     rows: dict[str, Any] = {}
     for name in names:
-        dice = {u: v[name].aggregate(mode)["dice"] for u, v in found.items()}
+        dice = {u: v[name].aggregate(mode)["dice"] for u, v in variants.items()}
         per_fold, mean, std = fold_summary(dice)
         rows[name] = {"folds": list(per_fold.values()), "mean": mean, "std": std}
     plain = rows.get("plain", {}).get("mean", math.nan)

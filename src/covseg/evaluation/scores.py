@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from covseg.data.dataset import SOURCE_SEP
 from covseg.errors import DataError
 from covseg.evaluation.metrics import aggregate, confusion, surface_metrics
 
@@ -52,12 +53,12 @@ class Scores:
     def sources(self) -> list[str]:
         """The dataset names of a combined dataset's case ids (``NAME/ID``), sorted; ``[]``
         when some id has no such prefix (a single dataset)."""
-        names = {c.partition("/")[0] for c in self.cases if "/" in c}
-        return sorted(names) if names and all("/" in c for c in self.cases) else []
+        names = {c.partition(SOURCE_SEP)[0] for c in self.cases if SOURCE_SEP in c}
+        return sorted(names) if names and all(SOURCE_SEP in c for c in self.cases) else []
 
     def subset(self, source: str) -> Scores:
         """The slices of the cases of dataset ``source`` (ids ``source/ID``)."""
-        keep = [i for i, c in enumerate(self.cases) if c.startswith(source + "/")]
+        keep = [i for i, c in enumerate(self.cases) if c.startswith(source + SOURCE_SEP)]
         ids = {self.cases[i] for i in keep}
 
         def own(d: dict) -> dict:
