@@ -88,6 +88,14 @@ ALTERNATIVES: dict[str, tuple[ModelConfig, str]] = {
 }
 if "fast" in PRESETS:
     ALTERNATIVES["fast"] = (PRESETS["fast"], "the shipped fast preset")
+    ALTERNATIVES["fast_h2"] = (
+        PRESETS["fast"].replace(refine_half_depth=2),
+        "fast with a second 3x3 conv in the H/2 refinement step",
+    )
+    ALTERNATIVES["fast_lr"] = (
+        PRESETS["fast"].replace(lung_refine_channels=16),
+        "fast with the lung logits refined too (two steps, 16 wide)",
+    )
 
 
 def basic_unet() -> torch.nn.Module:

@@ -28,7 +28,9 @@ FAST_TINY = PRESETS["fast"].replace(
     fusion_channels=(8, 8, 4),
     refine_channels=4,
 )
-CONFIGS = {"tiny": TINY, "fast_tiny": FAST_TINY}
+# ... with the options of the refinement: lung logits refined too, two layers at H/2.
+FAST_TINY_LR = FAST_TINY.replace(lung_refine_channels=4, refine_half_depth=2)
+CONFIGS = {"tiny": TINY, "fast_tiny": FAST_TINY, "fast_tiny_lr": FAST_TINY_LR}
 
 
 @pytest.mark.parametrize("cfg", sorted(CONFIGS))
@@ -266,6 +268,30 @@ def test_fast_preset_structure_and_size():
         out = net.eval()(torch.zeros(1, 1, 64, 64))
     assert len(seen) == 4 and max(seen.values()) == 16  # encoder, 2 decoders, fusion at H/4
     assert all(t.shape == (1, 1, 64, 64) for t in out)
+
+
+def test_lung_refinement_starts_from_the_upsampled_logits():
+    """Its residual heads start at zero: training begins from the bilinear lung logits (two 2x
+    steps), and the refined lungs then gate the fusion block's full-resolution image."""
+    from covseg.models.bifurcated import upsample
+
+    torch.manual_seed(0)
+    net = build_model(FAST_TINY_LR).eval()
+    assert net.lung_refine is not None and build_model(FAST_TINY).lung_refine is None
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        coarse = upsample(upsample(net.lung_head(net.lung_decoder(net.encoder(x))), 2), 2)
+        assert torch.allclose(net(x).lung, coarse, atol=1e-6)
+        torch.nn.init.normal_(net.lung_refine.head.weight)  # a trained residual changes them
+        assert not torch.allclose(net(x).lung, coarse, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "field, value", [("refine_half_depth", 0), ("lung_refine_channels", -1), ("refine_channels", 0)]
+)
+def test_refinement_options_are_checked(field, value):
+    with pytest.raises(ValueError, match=field):
+        FAST_TINY.replace(**{field: value})
 
 
 @pytest.mark.parametrize("model", ["bifurcated", "unet"])

@@ -154,6 +154,26 @@ def test_left_right_split_follows_the_patient_axis():
     assert counts["left"][0] >= 2 * 48 and counts["right"][0] >= 2 * 36
 
 
+def test_left_right_counts_do_not_depend_on_the_labelling_chunk(monkeypatch):
+    """Slices are labelled a few at a time (bounded memory); the counts are those of labelling
+    every slice on its own, and every lung pixel lands on exactly one side."""
+    from scipy import ndimage as ndi
+
+    from covseg.inference import burden
+
+    rng = np.random.default_rng(0)
+    lungs = ndi.binary_opening(rng.random((70, 24, 30)) < 0.6, np.ones((1, 2, 2)))
+    lungs = lungs.astype(np.uint8)
+    inf = (lungs & (rng.random(lungs.shape) < 0.3)).astype(np.uint8)
+    whole = left_right_counts(lungs, inf)
+    monkeypatch.setattr(burden, "_SIDE_CHUNK", 1)
+    assert left_right_counts(lungs, inf) == whole
+    monkeypatch.setattr(burden, "_SIDE_CHUNK", 16)
+    assert left_right_counts(lungs, inf) == whole
+    assert whole["left"][0] + whole["right"][0] == lungs.sum()
+    assert whole["left"][1] + whole["right"][1] == inf.sum()
+
+
 def test_tta_is_left_right_symmetric(checkpoint):
     seg = Segmenter.from_checkpoint(checkpoint, device="cpu", tta=True)
     half = make_phantom(7, (20, 40, 3))[0].transpose(2, 1, 0)

@@ -126,6 +126,13 @@ class ModelConfig:
             -> H``): at ``H/2`` the up-sampled features meet a 3x3 conv-BN-ReLU over the
             space-to-depth (2x2) image, at ``H`` the full-resolution image, each step adding a
             residual to the logits up-sampled from the step before. ``1``: one step (above).
+        refine_half_depth: with ``refine_levels=2``, how many 3x3 conv-BN-ReLU layers the
+            ``H/2`` step has (``refine_channels`` wide): capacity at ``H/2`` costs a quarter of
+            the same at ``H``.
+        lung_refine_channels: with a stem, ``> 0`` refines the lung logits too, the same way as
+            the fusion block's (from the lung decoder's features and the image, this wide), so
+            that the lung mask and the fusion block's full-resolution gate are not bilinear
+            up-samplings of ``H/s`` logits; ``0``: up-sampled only.
     """
 
     model: Literal["bifurcated", "unet"] = "bifurcated"
@@ -150,6 +157,8 @@ class ModelConfig:
     separable: bool = False
     refine_channels: int = 8
     refine_levels: int = 1
+    refine_half_depth: int = 1
+    lung_refine_channels: int = 0
 
     def __post_init__(self) -> None:
         for name in ("encoder_channels", "lung_decoder_channels", "infection_decoder_channels"):
@@ -171,9 +180,13 @@ class ModelConfig:
             raise ValueError(
                 f"ModelConfig.refine_levels: 1, or 2 with stem_factor 4, got {self.refine_levels}"
             )
-        for name in ("stem_channels", "refine_channels"):
+        for name in ("stem_channels", "refine_channels", "refine_half_depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lung_refine_channels < 0:
+            raise ValueError(
+                f"ModelConfig.lung_refine_channels must be >= 0, got {self.lung_refine_channels}"
+            )
 
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with ``changes`` applied (the config is frozen)."""
@@ -209,7 +222,9 @@ PRESETS["small"] = ModelConfig(
 # 0.529, two steps 16 wide 0.614 / 0.647 / 0.692 / 0.674 / 0.524, two steps 24 wide (this)
 # 0.640 / 0.656 / 0.693 / 0.686 / 0.546, 32 wide no better; small 0.665 / 0.588 / 0.717 / 0.701 /
 # 0.583. Out-of-fold, last-epoch checkpoints: per-slice Dice 0.637 (small 0.661), pooled 0.707
-# (small 0.708). README, "The fast preset".
+# (small 0.708). Since then: a second 3x3 layer at H/2 (0.635) and refined lung logits (0.615),
+# no better; both stay as options (`refine_half_depth`, `lung_refine_channels`). README,
+# "The fast preset".
 PRESETS["fast"] = PRESETS["small"].replace(
     stem="s2d",
     stem_factor=4,

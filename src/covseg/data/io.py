@@ -541,7 +541,7 @@ def write_mask(mask: np.ndarray, ref: Image, path: str | Path) -> Path:
     mask = np.asarray(mask)
     if mask.shape != ref.array.shape:
         raise DataError(f"{path}: mask shape {mask.shape} != image shape {ref.array.shape}")
-    labels = mask.astype(np.uint8)
+    labels = np.asarray(mask, dtype=np.uint8)  # no copy of uint8 masks, any memory order
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix.lower()
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)

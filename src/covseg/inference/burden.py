@@ -162,31 +162,53 @@ def burden_report(
     )
 
 
+#: Slices labelled per call by :func:`left_right_counts` (int32 labels of 64 slices of 512²:
+#: 64 MB), so its memory does not grow with the scan.
+_SIDE_CHUNK = 64
+
+#: 8-connectivity within a slice, none across slices.
+_SLICE_8 = np.zeros((3, 3, 3), dtype=bool)
+_SLICE_8[1] = True
+
+
 def left_right_counts(lungs: np.ndarray, infection: np.ndarray) -> dict[str, tuple[int, int]]:
-    """``{"left": (lung, infection), "right": (...)}`` pixel counts (see the module docstring)."""
-    n, h, w = lungs.shape
+    """``{"left": (lung, infection), "right": (...)}`` pixel counts (see the module docstring).
+
+    Every count comes from histograms of the component labels (over all lung pixels, those in
+    the columns left of the midline, and the same for the infection pixels), a few slices per
+    labelling call: no full-size temporary per rule. Infection outside every lung component
+    (never in ``segment``'s output, whose lungs include the infection) is on neither side.
+    """
+    n, w = len(lungs), lungs.shape[2]
     column_mass = lungs.sum(axis=(0, 1), dtype=np.int64)
-    counts = {"left": [0, 0], "right": [0, 0]}
     if column_mass.sum() == 0:
-        return {k: (0, 0) for k in counts}
+        return {"left": (0, 0), "right": (0, 0)}
     cols = np.arange(w)
     midline = float((column_mass * cols).sum() / column_mass.sum())
-    left_col = np.broadcast_to(cols >= midline, (h, w))  # columns run patient right -> left
-    eight = np.ones((3, 3), dtype=bool)
-    for k in range(n):
-        lung = lungs[k].astype(bool)
-        if not lung.any():
+    left_cols = cols >= midline  # columns run patient right -> left
+    lung_l = lung_r = inf_l = inf_r = 0
+    for k in range(0, n, _SIDE_CHUNK):
+        lung = np.asarray(lungs[k : k + _SIDE_CHUNK], dtype=bool)
+        rows, cols_in = np.nonzero(lung.any(axis=(0, 2)))[0], np.nonzero(lung.any(axis=(0, 1)))[0]
+        if rows.size == 0:
             continue
-        labels, m = ndi.label(lung, structure=eight)
-        size = np.bincount(labels.ravel(), minlength=m + 1)
-        on_left = np.bincount(labels.ravel(), weights=left_col.ravel(), minlength=m + 1)
+        box = np.s_[:, rows[0] : rows[-1] + 1, cols_in[0] : cols_in[-1] + 1]
+        lung = lung[box]
+        labels, m = ndi.label(lung, structure=_SLICE_8)
+        lab = labels[lung]  # the label of every lung pixel, 1-D
+        on_left_px = np.broadcast_to(left_cols[box[2]], lung.shape)[lung]
+        size = np.bincount(lab, minlength=m + 1)
+        on_left = np.bincount(lab[on_left_px], minlength=m + 1)
         frac = on_left / np.maximum(size, 1)
-        split = np.minimum(frac, 1 - frac) >= 0.25
-        whole_left = frac >= 0.5
-        left = np.where(split[labels], left_col, whole_left[labels]) & lung
-        inf = infection[k].astype(bool)
-        counts["left"][0] += int(left.sum())
-        counts["right"][0] += int((lung & ~left).sum())
-        counts["left"][1] += int((inf & left).sum())
-        counts["right"][1] += int((inf & ~left).sum())
-    return {k: (v[0], v[1]) for k, v in counts.items()}
+        split = np.minimum(frac, 1 - frac) >= 0.25  # cut at the midline
+        whole_left = ~split & (frac >= 0.5)
+        whole_right = ~split & ~whole_left
+        split[0] = whole_left[0] = whole_right[0] = False  # the background
+        lung_l += int(size[whole_left].sum() + on_left[split].sum())
+        lung_r += int(size[whole_right].sum() + (size - on_left)[split].sum())
+        inf_px = np.asarray(infection[k : k + _SIDE_CHUNK][box], dtype=bool)[lung]
+        inf_size = np.bincount(lab[inf_px], minlength=m + 1)
+        inf_on_left = np.bincount(lab[inf_px & on_left_px], minlength=m + 1)
+        inf_l += int(inf_size[whole_left].sum() + inf_on_left[split].sum())
+        inf_r += int(inf_size[whole_right].sum() + (inf_size - inf_on_left)[split].sum())
+    return {"left": (lung_l, inf_l), "right": (lung_r, inf_r)}

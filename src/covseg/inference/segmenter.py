@@ -356,8 +356,14 @@ class Segmenter:
     ) -> SegmentResult:
         self.require_lung_head()
         rule = self.intensity_rule(slices, path)
-        lungs = np.zeros(shape, dtype=np.uint8)
-        infection = np.zeros(shape, dtype=np.uint8)
+        if image is not None:
+            # The input's memory layout (NIfTI arrays are Fortran-ordered): the canonical views
+            # are then near-contiguous, and the NIfTI writer copies the masks out in one pass.
+            lungs = np.zeros_like(image.array, dtype=np.uint8, subok=False)
+            infection = np.zeros_like(image.array, dtype=np.uint8, subok=False)
+        else:
+            lungs = np.zeros(shape, dtype=np.uint8)
+            infection = np.zeros(shape, dtype=np.uint8)
         if image is not None:
             views = canonical_view(lungs, image), canonical_view(infection, image)
         else:

@@ -158,22 +158,25 @@ class FullResRefine(nn.Module):
 
     With ``cfg.refine_levels == 2`` (a 4x4 stem) the same happens in two 2x steps: at ``H/2``
     the features meet a 3x3 conv-BN-ReLU over the 2x2 space-to-depth image, at ``H`` the image
-    itself, the second step starting from the first step's features and logits.
+    itself, the second step starting from the first step's features and logits
+    (``cfg.refine_half_depth`` 3x3 layers at ``H/2``).
 
     Shape:
         ``(B, 1, h, w), (B, feat_ch, h, w), (B, C_in, H, W) -> (B, 1, H, W)`` with
         ``H, W = s * h, s * w`` (``s`` the stem's stride).
     """
 
-    def __init__(self, feat_ch: int, cfg: ModelConfig) -> None:
+    def __init__(self, feat_ch: int, cfg: ModelConfig, width: int | None = None) -> None:
         super().__init__()
-        r = cfg.refine_channels
+        r = cfg.refine_channels if width is None else width
         self.factor = stem_stride(cfg)
         self.two_step = cfg.refine_levels == 2
         if self.two_step:
             self.factor = 2
             self.half_image = ConvBNReLU(4 * cfg.in_channels, r, 3)
-            self.half_conv = ConvBNReLU(feat_ch + r, r, 3)
+            layers = [ConvBNReLU(feat_ch + r, r, 3)]
+            layers += [ConvBNReLU(r, r, 3) for _ in range(cfg.refine_half_depth - 1)]
+            self.half_conv = layers[0] if len(layers) == 1 else nn.Sequential(*layers)
             self.half_head = _zero_head(r)
             feat_ch = r
         self.conv = ConvBNReLU(feat_ch + cfg.in_channels, r, 3)
@@ -272,6 +275,11 @@ class BifurcatedNet(nn.Module):
         self.lung_decoder = UNetDecoder(enc, cfg.lung_decoder_channels, cfg)
         self.infection_decoder = UNetDecoder(enc, cfg.infection_decoder_channels, cfg)
         self.lung_head = nn.Conv2d(self.lung_decoder.out_channels, 1, kernel_size=1)
+        self.lung_refine = (
+            FullResRefine(self.lung_decoder.out_channels, cfg, cfg.lung_refine_channels)
+            if cfg.stem != "none" and cfg.lung_refine_channels > 0
+            else None
+        )
         self.infection_head = nn.Conv2d(self.infection_decoder.out_channels, 1, kernel_size=1)
         self.divisor = divisor(cfg)
         self.stride = stem_stride(cfg)
@@ -284,7 +292,8 @@ class BifurcatedNet(nn.Module):
         h, w = x.shape[-2:]
         x = channels_last(_pad_to(x, self.divisor))
         feats = self.encoder(x)
-        lung = self.lung_head(self.lung_decoder(feats))
+        lung_feat = self.lung_decoder(feats)
+        lung = self.lung_head(lung_feat)
         inf_feat = self.infection_decoder(feats)
         aux = self.infection_head(inf_feat)
         stem = self.cfg.stem != "none"
@@ -297,7 +306,11 @@ class BifurcatedNet(nn.Module):
         if gate != "none":
             fused = fused * lung_gate(lung, gate)
         if stem:
-            lung, aux = upsample(lung, self.stride), upsample(aux, self.stride)
+            if self.lung_refine is not None:
+                lung = self.lung_refine(lung, lung_feat, x)
+            else:
+                lung = upsample(lung, self.stride)
+            aux = upsample(aux, self.stride)
             infection = self.fusion(fused, x * lung_gate(lung, gate) if gate != "none" else x)
         else:
             infection = self.fusion(fused)
