@@ -161,6 +161,12 @@ class FullResRefine(nn.Module):
     itself, the second step starting from the first step's features and logits
     (``cfg.refine_half_depth`` 3x3 layers at ``H/2``).
 
+    Args:
+        feat_ch: channels of the reduced-resolution features.
+        cfg: the architecture.
+        width: the refinement's channels (default ``cfg.refine_channels``; the lung logits'
+            refinement passes ``cfg.lung_refine_channels``).
+
     Shape:
         ``(B, 1, h, w), (B, feat_ch, h, w), (B, C_in, H, W) -> (B, 1, H, W)`` with
         ``H, W = s * h, s * w`` (``s`` the stem's stride).
