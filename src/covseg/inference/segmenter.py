@@ -361,12 +361,10 @@ class Segmenter:
             # are then near-contiguous, and the NIfTI writer copies the masks out in one pass.
             lungs = np.zeros_like(image.array, dtype=np.uint8, subok=False)
             infection = np.zeros_like(image.array, dtype=np.uint8, subok=False)
+            views = canonical_view(lungs, image), canonical_view(infection, image)
         else:
             lungs = np.zeros(shape, dtype=np.uint8)
             infection = np.zeros(shape, dtype=np.uint8)
-        if image is not None:
-            views = canonical_view(lungs, image), canonical_view(infection, image)
-        else:
             views = lungs.reshape(slices.shape), infection.reshape(slices.shape)
         self.segment_slices(slices, *views, rule=rule, progress=path.name if progress else None)
         report = burden_report(

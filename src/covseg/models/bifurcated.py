@@ -182,6 +182,7 @@ class FullResRefine(nn.Module):
             self.half_image = ConvBNReLU(4 * cfg.in_channels, r, 3)
             layers = [ConvBNReLU(feat_ch + r, r, 3)]
             layers += [ConvBNReLU(r, r, 3) for _ in range(cfg.refine_half_depth - 1)]
+            # one layer stays a bare module: the parameter names of existing checkpoints
             self.half_conv = layers[0] if len(layers) == 1 else nn.Sequential(*layers)
             self.half_head = _zero_head(r)
             feat_ch = r
