@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from covseg._version import __version__
 from covseg.config import PostProcessing
-from covseg.inference.postprocess import component_sizes
 
 __all__ = ["Burden", "BurdenReport", "burden_report", "left_right_counts"]
 
@@ -166,6 +166,10 @@ def burden_report(
 #: 64 MB), so its memory does not grow with the scan.
 _SIDE_CHUNK = 64
 
+#: 8-connectivity within a slice, none across slices.
+_SLICE_8 = np.zeros((3, 3, 3), dtype=bool)
+_SLICE_8[1] = True
+
 
 def left_right_counts(lungs: np.ndarray, infection: np.ndarray) -> dict[str, tuple[int, int]]:
     """``{"left": (lung, infection), "right": (...)}`` pixel counts (see the module docstring).
@@ -190,10 +194,10 @@ def left_right_counts(lungs: np.ndarray, infection: np.ndarray) -> dict[str, tup
             continue
         box = np.s_[:, rows[0] : rows[-1] + 1, cols_in[0] : cols_in[-1] + 1]
         lung = lung[box]
-        labels, size = component_sizes(lung)  # 8-connected within each slice
-        m = len(size) - 1
+        labels, m = ndi.label(lung, structure=_SLICE_8)
         lab = labels[lung]  # the label of every lung pixel, 1-D
         on_left_px = np.broadcast_to(left_cols[box[2]], lung.shape)[lung]
+        size = np.bincount(lab, minlength=m + 1)
         on_left = np.bincount(lab[on_left_px], minlength=m + 1)
         frac = on_left / np.maximum(size, 1)
         split = np.minimum(frac, 1 - frac) >= 0.25  # cut at the midline
