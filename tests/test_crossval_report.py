@@ -62,7 +62,13 @@ def test_report_equals_hand_aggregation(tmp_path):
     assert "per_volume_mean" not in out["tables"]  # slice data: no volume mode
     csv_text = (tmp_path / "report.csv").read_text().splitlines()
     assert csv_text[0] == "mode,metric,fold1,fold2,mean,std"
-    assert json.loads((tmp_path / "report.json").read_text())["tables"]["pooled"]
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["tables"]["pooled"]
+    # by lesion size: every test slice of every run once (5), the healthy ones (2) apart
+    sizes = {r["stratum"]: r for r in saved["by_lesion_size"]}
+    assert sum(r["n_slices"] for r in sizes.values()) == 5
+    assert sizes["no lesion"]["n_slices"] == 2 and sizes["no lesion"]["dice"] == pytest.approx(0.5)
+    assert "By lesion size" in md
 
 
 def test_report_volume_modes_and_surface(tmp_path):

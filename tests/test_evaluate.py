@@ -16,7 +16,7 @@ from covseg.data.io import natural_key, read_image
 from covseg.data.prepare import prepare
 from covseg.data.synthetic import write_synthetic_dataset
 from covseg.evaluation.evaluate import evaluate
-from covseg.evaluation.metrics import ConfusionAccumulator
+from covseg.evaluation.metrics import ConfusionAccumulator, by_lesion_size
 from covseg.inference.predict import predict_probabilities
 from covseg.inference.segmenter import Segmenter
 
@@ -76,7 +76,9 @@ def test_raw_slices_folder_at_original_resolution(tmp_path, ckpt):
     tp_fp = np.asarray(acc.counts)[:, :2].sum()
     assert 0 < tp_fp < 6 * 48 * 48  # non-trivial masks: the comparison means something
     written = json.loads((tmp_path / "m.json").read_text())
-    assert set(written) == {"n_items", "threshold", "per_slice_mean", "pooled"}
+    assert set(written) == {"n_items", "threshold", "per_slice_mean", "pooled", "by_lesion_size"}
+    # NaN (no truth pixel to find) compares equal through JSON
+    assert json.dumps(written["by_lesion_size"]) == json.dumps(by_lesion_size(np.array(acc.counts)))
     assert set(written["per_slice_mean"]) == KEYS
 
 
@@ -106,6 +108,7 @@ def test_zenodo_volumes_and_cli(tmp_path, ckpt, capsys):
         "threshold",
         "per_slice_mean",
         "pooled",
+        "by_lesion_size",
         "per_volume_mean",
         "hd95_mm",
         "nsd_3mm",

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from covseg.evaluation.metrics import (
+    LESION_STRATA,
     ConfusionAccumulator,
     aggregate,
+    by_lesion_size,
     confusion,
     dice,
     iou,
@@ -63,6 +65,40 @@ def test_aggregation_modes():
     assert math.isnan(all_empty["dice"]) and all_empty["specificity"] == 1.0
     with pytest.raises(ValueError):
         aggregate(np.zeros((1, 4)), ["x"], "median")
+
+
+def test_by_lesion_size_strata_and_consistency():
+    # 10,000-pixel slices: truth shares 0 (clean), 0 (false alarm), 0.1 %, 0.5 % (on a bound:
+    # the stratum above), 2 %, 20 %; the last lesion missed entirely
+    counts = np.array(
+        [
+            [0, 0, 0, 10_000],
+            [0, 30, 0, 9_970],
+            [5, 5, 5, 9_985],
+            [40, 0, 10, 9_950],
+            [150, 50, 50, 9_750],
+            [0, 0, 2_000, 8_000],
+        ]
+    )
+    rows = by_lesion_size(counts)
+    by = {r["stratum"]: r for r in rows}
+    labels = [label for label, _ in LESION_STRATA]
+    assert [r["stratum"] for r in rows] == [labels[0], labels[1], labels[3], labels[4], labels[5]]
+    assert by[labels[0]]["n_slices"] == 2
+    assert by[labels[0]]["dice"] == pytest.approx(0.5)  # clean slice 1, false alarm 0
+    assert by[labels[0]]["no_prediction"] == pytest.approx(0.5)
+    assert by[labels[0]]["fp_share"] == pytest.approx(30 / 10_000 / 2)
+    assert math.isnan(by[labels[0]]["sensitivity"])
+    assert by[labels[3]]["dice"] == pytest.approx(80 / 90)  # 0.5 % goes above the bound
+    assert by[labels[5]]["dice"] == 0 and by[labels[5]]["no_prediction"] == 1
+    assert math.isnan(by[labels[5]]["ppv"])
+    # the strata partition the slices: their weighted Dice is the per-slice mean
+    overall = aggregate(counts, ["c"] * len(counts), "per_slice_mean")["dice"]
+    weighted = sum(r["n_slices"] * r["dice"] for r in rows) / len(counts)
+    assert weighted == pytest.approx(overall)
+    # the share is resolution-free: the same slices at 4x the pixels land in the same strata
+    assert [r["n_slices"] for r in by_lesion_size(4 * counts)] == [r["n_slices"] for r in rows]
+    assert by_lesion_size(np.zeros((0, 4), np.int64)) == []
 
 
 def test_surface_metrics_known_shift():

@@ -32,7 +32,7 @@ from covseg.data.io import Image, read_image
 from covseg.data.layouts import Case, discover
 from covseg.data.prepare import decode_masks, prepare
 from covseg.errors import CovsegError, DataError
-from covseg.evaluation.metrics import METRICS
+from covseg.evaluation.metrics import METRICS, format_lesion_size_table
 from covseg.evaluation.scores import Scores
 from covseg.files import write_json
 from covseg.inference.segmenter import Segmenter
@@ -331,4 +331,6 @@ def format_table(result: dict[str, Any]) -> str:
     for key in ("hd95_mm", "nsd_3mm"):
         if key in result:
             lines.append(f"| {key} | {result[key]:.4f} |" + " |" * (len(modes) - 1))
+    if result.get("by_lesion_size"):
+        lines += ["", format_lesion_size_table(result["by_lesion_size"], "By lesion size").rstrip()]
     return "\n".join(lines)

@@ -23,11 +23,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = [
+    "LESION_STRATA",
     "METRICS",
     "ConfusionAccumulator",
     "aggregate",
+    "by_lesion_size",
     "confusion",
     "dice",
+    "format_lesion_size_table",
     "iou",
     "ppv",
     "sensitivity",
@@ -175,6 +178,77 @@ def aggregate(counts: np.ndarray, cases: Iterable[str], mode: str) -> dict[str, 
         per_case = np.array([counts[[c == i for c in cases]].sum(axis=0) for i in ids])
         return _scores(*per_case.reshape(-1, 4).T, pooled=False)
     raise ValueError(f"unknown aggregation mode {mode!r}")
+
+
+#: The strata of :func:`by_lesion_size`: ``(label, upper bound)`` of the truth's share of the
+#: slice's pixels, a resolution-free size (at 256²: 0.15 % ≈ 100 px, 0.5 % ≈ 330, 1.5 % ≈ 980,
+#: 5 % ≈ 3,300; a 512² slice has 4× the pixels in each stratum).
+LESION_STRATA: tuple[tuple[str, float], ...] = (
+    ("no lesion", 0.0),
+    ("< 0.15 %", 0.0015),
+    ("0.15-0.5 %", 0.005),
+    ("0.5-1.5 %", 0.015),
+    ("1.5-5 %", 0.05),
+    (">= 5 %", float("inf")),
+)
+
+
+def by_lesion_size(counts: np.ndarray) -> list[dict[str, float | int | str]]:
+    """Where a per-slice mean loses: slices grouped by the truth's share of the slice
+    (:data:`LESION_STRATA`; a share exactly at a bound falls in the stratum above it).
+
+    Args:
+        counts: ``(N, 4)`` per-slice ``(tp, fp, fn, tn)``.
+
+    Returns:
+        One row per non-empty stratum, in order: ``stratum``, ``n_slices``, ``dice``
+        (per-slice mean, the empty rule of :func:`dice`), ``sensitivity`` and ``ppv`` (pooled
+        over the stratum's pixels; NaN without truth or prediction), ``no_prediction`` (share
+        of its slices with no predicted pixel: missed lesions, or clean healthy slices) and
+        ``fp_share`` (mean share of a slice's pixels wrongly marked).
+    """
+    counts = np.asarray(counts, dtype=np.int64).reshape(-1, 4)
+    tp, fp, fn, _ = counts.T
+    total = np.maximum(counts.sum(axis=1), 1)
+    share = (tp + fn) / total
+    bounds = np.array([b for _, b in LESION_STRATA[1:-1]])
+    # stratum 0: no truth pixel; then by the bounds (np.digitize puts a share on a bound above it)
+    which = np.where(tp + fn == 0, 0, 1 + np.digitize(share, bounds))
+    rows: list[dict[str, float | int | str]] = []
+    for k, (label, _) in enumerate(LESION_STRATA):
+        m = which == k
+        if not m.any():
+            continue
+        t, f, n = int(tp[m].sum()), int(fp[m].sum()), int(fn[m].sum())
+        rows.append(
+            {
+                "stratum": label,
+                "n_slices": int(m.sum()),
+                "dice": float(np.mean(dice(tp[m], fp[m], fn[m]))),
+                "sensitivity": t / (t + n) if t + n else float("nan"),
+                "ppv": t / (t + f) if t + f else float("nan"),
+                "no_prediction": float(np.mean((tp[m] + fp[m]) == 0)),
+                "fp_share": float(np.mean(fp[m] / total[m])),
+            }
+        )
+    return rows
+
+
+def format_lesion_size_table(rows: list[dict[str, float | int | str]], title: str) -> str:
+    """A Markdown block of :func:`by_lesion_size`'s rows."""
+    lines = [
+        f"### {title}",
+        "",
+        "| Lesion share of the slice | Slices | Dice (per-slice mean) | Sensitivity | PPV "
+        "| No prediction | FP share |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['stratum']} | {r['n_slices']} | {r['dice']:.4f} | {r['sensitivity']:.4f} "
+            f"| {r['ppv']:.4f} | {r['no_prediction']:.2f} | {100 * float(r['fp_share']):.2f} % |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def surface_metrics(

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from covseg.errors import DataError
+from covseg.evaluation.metrics import by_lesion_size, format_lesion_size_table
 from covseg.evaluation.scores import Scores
 from covseg.files import write_json, write_text
 
@@ -29,6 +30,7 @@ __all__ = [
     "fold_summary",
     "format_markdown",
     "format_robustness_table",
+    "lesion_size_rows",
     "load_robustness",
     "load_runs",
     "make_report",
@@ -148,8 +150,8 @@ def make_report(cv_dir: str | Path, panels: bool = True) -> dict[str, Any]:
     files also get the robustness table (:func:`load_robustness`, :func:`robustness_table`).
 
     Returns:
-        ``{"markdown": str, "tables": {mode: table}, "volume": bool, "robustness": table or
-        None}``.
+        ``{"markdown": str, "tables": {mode: table}, "volume": bool, "by_lesion_size": rows
+        (:func:`lesion_size_rows`), "robustness": table or None, "sources": per dataset}``.
 
     Raises:
         DataError: no finished runs in ``cv_dir``.
@@ -165,6 +167,8 @@ def make_report(cv_dir: str | Path, panels: bool = True) -> dict[str, Any]:
     }
     tables = {m: _table(runs, m) for m in modes}
     md = "\n".join(format_markdown(tables[m], titles[m]) for m in modes)
+    sizes = lesion_size_rows(runs)
+    md += "\n" + format_lesion_size_table(sizes, _SIZES_TITLE)
     variants = load_robustness(root, runs)
     robust = robustness_table(variants) if variants is not None else None
     if robust is not None:
@@ -176,10 +180,14 @@ def make_report(cv_dir: str | Path, panels: bool = True) -> dict[str, Any]:
             for f, reps in runs.items()
         }
         own = {f: reps for f, reps in own.items() if reps}
-        per_source[name] = {"tables": {m: _table(own, m) for m in modes}}
+        per_source[name] = {
+            "tables": {m: _table(own, m) for m in modes},
+            "by_lesion_size": lesion_size_rows(own),
+        }
         md += f"\n## Dataset {name}\n\n" + "\n".join(
             format_markdown(per_source[name]["tables"][m], titles[m]) for m in modes
         )
+        md += "\n" + format_lesion_size_table(per_source[name]["by_lesion_size"], _SIZES_TITLE)
         if variants is not None:
             own_variants = {
                 (f, r): {k: v.subset(name) for k, v in vs.items()}
@@ -192,7 +200,13 @@ def make_report(cv_dir: str | Path, panels: bool = True) -> dict[str, Any]:
     write_text(root / "report.csv", _csv(tables, robust, per_source))
     write_json(
         root / "report.json",
-        {"volume": volume, "tables": tables, "robustness": robust, "sources": per_source},
+        {
+            "volume": volume,
+            "tables": tables,
+            "by_lesion_size": sizes,
+            "robustness": robust,
+            "sources": per_source,
+        },
     )
     if panels:
         _panels(root, runs)
@@ -200,9 +214,24 @@ def make_report(cv_dir: str | Path, panels: bool = True) -> dict[str, Any]:
         "markdown": md,
         "tables": tables,
         "volume": volume,
+        "by_lesion_size": sizes,
         "robustness": robust,
         "sources": per_source,
     }
+
+
+_SIZES_TITLE = "By lesion size: the test slices of every run together"
+
+
+def lesion_size_rows(runs: dict[int, dict[int, Scores]]) -> list[dict[str, Any]]:
+    """:func:`~covseg.evaluation.metrics.by_lesion_size` over the test slices of every run
+    (each slice once per repeat): which lesion sizes a per-slice mean loses on."""
+    counts = [
+        np.asarray(s.counts, dtype=np.int64).reshape(-1, 4)
+        for f in runs.values()
+        for s in f.values()
+    ]
+    return by_lesion_size(np.concatenate(counts) if counts else np.zeros((0, 4), np.int64))
 
 
 def source_names(runs: dict[int, dict[int, Scores]]) -> list[str]:

@@ -12,7 +12,7 @@ import numpy as np
 
 from covseg.data.dataset import SOURCE_SEP
 from covseg.errors import DataError
-from covseg.evaluation.metrics import aggregate, confusion, surface_metrics
+from covseg.evaluation.metrics import aggregate, by_lesion_size, confusion, surface_metrics
 
 if TYPE_CHECKING:
     from covseg.evaluation.evaluate import LabelledCase
@@ -80,6 +80,11 @@ class Scores:
     def aggregate(self, mode: str) -> dict[str, float]:
         return aggregate(np.asarray(self.counts, dtype=np.int64).reshape(-1, 4), self.cases, mode)
 
+    def by_lesion_size(self) -> list[dict[str, Any]]:
+        """Per-slice Dice and more by the truth's share of the slice
+        (:func:`~covseg.evaluation.metrics.by_lesion_size`)."""
+        return by_lesion_size(np.asarray(self.counts, dtype=np.int64).reshape(-1, 4))
+
     def surface_means(self) -> dict[str, float]:
         """Mean HD95 and NSD over the volume cases (NaN HD95 of an empty prediction skipped)."""
         out = {}
@@ -89,13 +94,15 @@ class Scores:
         return out
 
     def summary(self) -> dict[str, Any]:
-        """``evaluate``'s result: ``n_items``, ``threshold``, ``per_slice_mean``, ``pooled``, and
-        for volume data ``per_volume_mean``, ``hd95_mm``, ``nsd_3mm``."""
+        """``evaluate``'s result: ``n_items``, ``threshold``, ``per_slice_mean``, ``pooled``,
+        ``by_lesion_size`` (:meth:`by_lesion_size`), and for volume data ``per_volume_mean``,
+        ``hd95_mm``, ``nsd_3mm``."""
         result: dict[str, Any] = {
             "n_items": self.n_items,
             "threshold": self.postprocessing.get("threshold"),
             "per_slice_mean": self.aggregate("per_slice_mean"),
             "pooled": self.aggregate("pooled"),
+            "by_lesion_size": self.by_lesion_size(),
         }
         if "volume" in self.kinds.values():
             result["per_volume_mean"] = self.aggregate("per_volume_mean")
