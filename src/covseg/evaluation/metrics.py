@@ -193,12 +193,12 @@ LESION_STRATA: tuple[tuple[str, float], ...] = (
 )
 
 
-def by_lesion_size(counts: np.ndarray) -> list[dict[str, float | int | str]]:
+def by_lesion_size(counts: np.ndarray | list) -> list[dict[str, float | int | str]]:
     """Where a per-slice mean loses: slices grouped by the truth's share of the slice
     (:data:`LESION_STRATA`; a share exactly at a bound falls in the stratum above it).
 
     Args:
-        counts: ``(N, 4)`` per-slice ``(tp, fp, fn, tn)``.
+        counts: ``(N, 4)`` per-slice ``(tp, fp, fn, tn)`` (array or rows; ``N`` may be 0).
 
     Returns:
         One row per non-empty stratum, in order: ``stratum``, ``n_slices``, ``dice``
@@ -219,14 +219,14 @@ def by_lesion_size(counts: np.ndarray) -> list[dict[str, float | int | str]]:
         m = which == k
         if not m.any():
             continue
-        t, f, n = int(tp[m].sum()), int(fp[m].sum()), int(fn[m].sum())
+        pooled = _scores(*counts[m].sum(axis=0), pooled=True)
         rows.append(
             {
                 "stratum": label,
                 "n_slices": int(m.sum()),
                 "dice": float(np.mean(dice(tp[m], fp[m], fn[m]))),
-                "sensitivity": t / (t + n) if t + n else float("nan"),
-                "ppv": t / (t + f) if t + f else float("nan"),
+                "sensitivity": pooled["sensitivity"],
+                "ppv": pooled["ppv"],
                 "no_prediction": float(np.mean((tp[m] + fp[m]) == 0)),
                 "fp_share": float(np.mean(fp[m] / total[m])),
             }

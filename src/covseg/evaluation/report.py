@@ -226,12 +226,7 @@ _SIZES_TITLE = "By lesion size: the test slices of every run together"
 def lesion_size_rows(runs: dict[int, dict[int, Scores]]) -> list[dict[str, Any]]:
     """:func:`~covseg.evaluation.metrics.by_lesion_size` over the test slices of every run
     (each slice once per repeat): which lesion sizes a per-slice mean loses on."""
-    counts = [
-        np.asarray(s.counts, dtype=np.int64).reshape(-1, 4)
-        for f in runs.values()
-        for s in f.values()
-    ]
-    return by_lesion_size(np.concatenate(counts) if counts else np.zeros((0, 4), np.int64))
+    return by_lesion_size([row for f in runs.values() for s in f.values() for row in s.counts])
 
 
 def source_names(runs: dict[int, dict[int, Scores]]) -> list[str]:

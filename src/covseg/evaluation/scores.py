@@ -83,7 +83,7 @@ class Scores:
     def by_lesion_size(self) -> list[dict[str, Any]]:
         """Per-slice Dice and more by the truth's share of the slice
         (:func:`~covseg.evaluation.metrics.by_lesion_size`)."""
-        return by_lesion_size(np.asarray(self.counts, dtype=np.int64).reshape(-1, 4))
+        return by_lesion_size(self.counts)
 
     def surface_means(self) -> dict[str, float]:
         """Mean HD95 and NSD over the volume cases (NaN HD95 of an empty prediction skipped)."""
