@@ -450,6 +450,7 @@ def test_library_warnings_never_reach_stderr(checkpoint, tmp_path, verbose):
         ["train", "--batch-size", "0"],
         ["train", "--threads", "-3"],
         ["train", "--dice-loss", "-2"],
+        ["train", "--dice-mode", "slice"],
         ["train", "--patience", "-1"],
         ["train", "--pseudo-weight", "-1"],
         ["train", "--fold", "7", "--folds", "5"],

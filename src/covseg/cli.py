@@ -165,6 +165,13 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=["cosine", "plateau", "none"], default="cosine")
     p.add_argument("--patience", type=int, default=20, help="early stopping (0 = off)")
     p.add_argument("--dice-loss", type=float, default=0.0, help="extra soft-Dice weight")
+    p.add_argument(
+        "--dice-mode",
+        choices=["batch", "slice"],
+        default="batch",
+        help="the soft-Dice term over the batch's pixels (pooled Dice) or per slice, averaged "
+        "(per-slice mean Dice)",
+    )
     p.add_argument("--no-augment", action="store_true")
     p.add_argument(
         "--augmentation",
@@ -226,6 +233,7 @@ def _build_configs(args: argparse.Namespace):
         schedule=args.schedule,
         patience=args.patience,
         dice=args.dice_loss,
+        dice_mode=args.dice_mode,
         augment=not args.no_augment,
         augmentation=args.augmentation,
         sampling=args.sampling,

@@ -258,6 +258,9 @@ class TrainConfig:
         w_aux: loss weight of the deep-supervision head (paper 1; 0 = no deep supervision).
         w_final: loss weight of the final infection head (paper 2).
         dice: weight of an extra soft-Dice term on the infection heads (0 = the paper's BCE only).
+        dice_mode: ``"batch"`` (one soft Dice over all pixels of a batch, the surrogate of the
+            pooled Dice) or ``"slice"`` (the mean of each slice's soft-Dice term, the surrogate
+            of the per-slice mean Dice that Table 2 reports).
         augment: random flips, rotations, zooms and intensity changes of training slices.
         augmentation: which augmentation (:data:`covseg.data.augment.PROFILES`): ``"basic"``
             (left-right flips, small rotations and zooms, contrast) or ``"robust"`` (also
@@ -307,6 +310,7 @@ class TrainConfig:
     w_aux: float = 1.0
     w_final: float = 2.0
     dice: float = 0.0
+    dice_mode: Literal["batch", "slice"] = "batch"
     augment: bool = True
     augmentation: Literal["basic", "robust"] = "basic"
     sampling: Literal["slices", "sources"] = "slices"
@@ -337,6 +341,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.device: unknown {self.device!r}")
         if self.augmentation not in ("basic", "robust"):
             raise ValueError(f"TrainConfig.augmentation: unknown {self.augmentation!r}")
+        if self.dice_mode not in ("batch", "slice"):
+            raise ValueError(f"TrainConfig.dice_mode: unknown {self.dice_mode!r}")
+        if self.dice_mode == "slice" and not (isinstance(self.dice, int | float) and self.dice > 0):
+            raise ValueError("TrainConfig.dice_mode 'slice' needs a soft-Dice term (dice > 0)")
         if self.sampling not in ("slices", "sources"):
             raise ValueError(f"TrainConfig.sampling: unknown {self.sampling!r}")
         if not self.lung_margin_candidates or not self.min_component_candidates:

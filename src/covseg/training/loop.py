@@ -189,7 +189,7 @@ def _train(
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    loss_fn = BifurcatedLoss(cfg.w_lung, cfg.w_aux, cfg.w_final, cfg.dice)
+    loss_fn = BifurcatedLoss(cfg.w_lung, cfg.w_aux, cfg.w_final, cfg.dice, cfg.dice_mode)
     amp_dtype = _amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     val_images, val_truth = _stack(data, val_items)

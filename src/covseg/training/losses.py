@@ -28,14 +28,28 @@ def soft_dice_loss(
     target: torch.Tensor,
     eps: float = 1.0,
     weight: torch.Tensor | None = None,
+    per_slice: bool = False,
 ) -> torch.Tensor:
-    """``1 - soft Dice`` over the whole batch, ``(B, 1, H, W)`` logits and targets in {0, 1}.
+    """``1 - soft Dice``, ``(B, 1, H, W)`` logits and targets in {0, 1}.
 
-    With per-sample ``weight`` ``(B,)``, each sample's pixels count with its weight in the
-    overlap and the sums, and the term is scaled by the mean weight (a batch of weight-0
-    samples adds nothing; all ones is the unweighted loss).
+    By default over the whole batch (one Dice of all its pixels: the surrogate of the pooled
+    metric). With ``per_slice``, each slice's own ``1 - soft Dice`` is averaged instead: the
+    surrogate of the per-slice mean Dice (:mod:`covseg.evaluation.metrics`), where a slice with
+    an empty truth scores 1 only if nothing is predicted — with ``eps = 1`` such a slice's term
+    is ``1 - 1 / (sum(p) + 1)``, so a few pixels of false infection already cost most of it.
+
+    With per-sample ``weight`` ``(B,)``: batch mode counts each sample's pixels with its weight
+    in the overlap and the sums and scales the term by the mean weight (a batch of weight-0
+    samples adds nothing; all ones is the unweighted loss); per-slice mode takes the batch mean
+    of weight x each slice's term.
     """
     p = torch.sigmoid(logits)
+    if per_slice:
+        inter = (p * target).flatten(1).sum(1)
+        terms = 1 - (2 * inter + eps) / (p.flatten(1).sum(1) + target.flatten(1).sum(1) + eps)
+        if weight is None:
+            return terms.mean()
+        return (terms * weight.to(terms.dtype)).mean()
     if weight is None:
         inter = (p * target).sum()
         return 1 - (2 * inter + eps) / (p.sum() + target.sum() + eps)
@@ -64,6 +78,8 @@ class BifurcatedLoss(nn.Module):
         w_aux: weight of the infection decoder's (deep-supervision) head.
         w_final: weight of the fusion block's final infection head.
         dice: weight of the soft-Dice term added to both infection heads (0 = off).
+        dice_mode: ``"batch"`` (one Dice over the batch's pixels) or ``"slice"`` (the mean of
+            each slice's Dice term, the surrogate of the per-slice mean metric).
 
     Per-sample weights (``forward``'s ``weight`` for the infection heads, ``lung_weight`` for
     the lung head; ``(B,)``, default 1) make each term the batch mean of weight x the sample's
@@ -75,17 +91,27 @@ class BifurcatedLoss(nn.Module):
     """
 
     def __init__(
-        self, w_lung: float = 0.5, w_aux: float = 1.0, w_final: float = 2.0, dice: float = 0.0
+        self,
+        w_lung: float = 0.5,
+        w_aux: float = 1.0,
+        w_final: float = 2.0,
+        dice: float = 0.0,
+        dice_mode: str = "batch",
     ) -> None:
         super().__init__()
+        if dice_mode not in ("batch", "slice"):
+            raise ValueError(f"BifurcatedLoss: unknown dice_mode {dice_mode!r}")
         self.w_lung, self.w_aux, self.w_final, self.dice = w_lung, w_aux, w_final, dice
+        self.dice_mode = dice_mode
 
     def _infection_term(
         self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None
     ) -> torch.Tensor:
         term = _bce(logits, target, weight)
         if self.dice > 0:
-            term = term + self.dice * soft_dice_loss(logits, target, weight=weight)
+            term = term + self.dice * soft_dice_loss(
+                logits, target, weight=weight, per_slice=self.dice_mode == "slice"
+            )
         return term
 
     def forward(
