@@ -343,8 +343,6 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.augmentation: unknown {self.augmentation!r}")
         if self.dice_mode not in ("batch", "slice"):
             raise ValueError(f"TrainConfig.dice_mode: unknown {self.dice_mode!r}")
-        if self.dice_mode == "slice" and not (isinstance(self.dice, int | float) and self.dice > 0):
-            raise ValueError("TrainConfig.dice_mode 'slice' needs a soft-Dice term (dice > 0)")
         if self.sampling not in ("slices", "sources"):
             raise ValueError(f"TrainConfig.sampling: unknown {self.sampling!r}")
         if not self.lung_margin_candidates or not self.min_component_candidates:
@@ -372,6 +370,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not value >= low:
                 raise ValueError(f"TrainConfig.{name} must be a number >= {low}, got {value!r}")
+        if self.dice_mode == "slice" and self.dice == 0:
+            raise ValueError("TrainConfig.dice_mode 'slice' needs a soft-Dice term (dice > 0)")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"TrainConfig.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.w_lung + self.w_aux + self.w_final <= 0:
