@@ -28,8 +28,9 @@ def main() -> None:
     ap.add_argument("--checkpoint", default="pretrained")
     ap.add_argument("--data", type=Path, default=Path("../shared/data/zenodo-lung5"))
     ap.add_argument("--json", type=Path, help="write the scores here")
+    ap.add_argument("--framing", choices=("full", "lungs"), help="default: the checkpoint's")
     args = ap.parse_args()
-    seg = Segmenter.from_checkpoint(args.checkpoint, device="cpu")
+    seg = Segmenter.from_checkpoint(args.checkpoint, device="cpu", framing=args.framing)
     rows = {}
     with tempfile.TemporaryDirectory(prefix="covseg-lung5-") as tmp:
         for image_file in sorted(args.data.glob("*_image_slice_*.npy")):

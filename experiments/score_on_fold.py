@@ -8,16 +8,18 @@ weights and post-processing are unchanged. Beware of models that were trained on
 fold's test cases: their figures are then not out-of-fold.
 
 Usage: .venv/bin/python experiments/score_on_fold.py pretrained runs/cv_all20 2 runs/old_on_cv_all20 \
-           --data prepared/medseg100 prepared/zenodo10 [--robustness]
+           --data prepared/medseg100 prepared/zenodo10 [--robustness] [--framing lungs]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
 from covseg.checkpoint import load_checkpoint, save_checkpoint
+from covseg.config import FRAMINGS
 from covseg.data.dataset import open_prepared
 from covseg.evaluation.crossval import evaluate_test_fold, run_dir
 from covseg.meta import DataRecord
@@ -31,12 +33,18 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--data", nargs="+", required=True, help="the cv's prepared dataset(s)")
     ap.add_argument("--robustness", action="store_true")
+    ap.add_argument(
+        "--framing", choices=FRAMINGS, help="score with this framing (default: the checkpoint's)"
+    )
     args = ap.parse_args()
     folds = json.loads((args.cv / "splits.json").read_text())["folds"]
     test = tuple(folds[args.fold]["test"])
     model, meta = load_checkpoint(args.checkpoint)
     rd = run_dir(args.out, args.fold, 0)
     data = DataRecord(dataset=meta.data.dataset, train_cases=meta.data.train_cases, test_cases=test)
+    if args.framing is not None:
+        pre = dataclasses.replace(meta.preprocessing, framing=args.framing)
+        meta = meta.replace(preprocessing=pre)
     save_checkpoint(rd / "best.safetensors", model, meta.replace(data=data))
     result = evaluate_test_fold(
         rd, open_prepared(args.data), device="cpu", robustness=args.robustness

@@ -380,6 +380,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> Runner:
         f"default: all of {', '.join(ROBUSTNESS_VARIANTS)})",
     )
     _backend_flag(p)
+    _framing_flag(p)
     return _run_evaluate
 
 
@@ -388,6 +389,17 @@ def _backend_flag(p: argparse.ArgumentParser) -> None:
 
     p.add_argument(
         "--backend", choices=BACKENDS, default="torch", help="how the network runs (torch)"
+    )
+
+
+def _framing_flag(p: argparse.ArgumentParser) -> None:
+    from covseg.config import FRAMINGS
+
+    p.add_argument(
+        "--framing",
+        choices=FRAMINGS,
+        help="full: the network sees each whole slice; lungs: a second look at the crop to "
+        "the lungs it found (default: the checkpoint's)",
     )
 
 
@@ -409,6 +421,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         tta=args.tta,
         backend=args.backend,
         robustness=variants,
+        framing=args.framing,
     )
     print(format_table(result))
     if "robustness" in result:
@@ -432,6 +445,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> Runner:
         help="intensity rule of every input (default: the checkpoint's, auto = told per scan)",
     )
     _backend_flag(p)
+    _framing_flag(p)
     return _run_segment
 
 
@@ -447,6 +461,7 @@ def _run_segment(args: argparse.Namespace) -> int:
         device=args.device,
         backend=args.backend,
         intensity=args.intensity,
+        framing=args.framing,
         progress=True,
     )
     print(format_summary(reports))

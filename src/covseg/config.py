@@ -34,6 +34,9 @@ INTENSITY_RULES = ("hu", "uint8", "unit", "hu1024")
 #: How a :class:`~covseg.inference.predict.Predictor` runs the network (``--backend``):
 #: PyTorch fp32, PyTorch with bf16 autocast, or ONNX Runtime (CPU).
 BACKENDS = ("torch", "torch-bf16", "onnxruntime")
+#: How the network looks at a slice (:mod:`covseg.inference.framing`): the whole slice, or
+#: also a second time cropped to the lungs it found.
+FRAMINGS = ("full", "lungs")
 
 #: The variants of ``evaluate --robustness`` (:data:`covseg.evaluation.robustness.VARIANTS`), in
 #: table order: as read; cropped to the lungs; zoomed out; another window; two display gammas;
@@ -394,6 +397,8 @@ class Preprocessing:
             ``covseg prepare`` (``--rotate``); ``evaluate`` applies it to the originals too.
         layout: the dataset layout the model was trained on (provenance only).
         params: the other parameters ``covseg prepare`` recorded (provenance only).
+        framing: ``"full"`` (the network sees each whole slice) or ``"lungs"`` (a second look
+            at the crop to the lungs it found; :mod:`covseg.inference.framing`).
     """
 
     size: int = 256
@@ -401,8 +406,13 @@ class Preprocessing:
     rotate: int = 0
     layout: str | None = None
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    framing: Literal["full", "lungs"] = "full"
 
     def __post_init__(self) -> None:
+        if self.framing not in FRAMINGS:
+            raise ValueError(
+                f"preprocessing.framing must be one of {', '.join(FRAMINGS)}, got {self.framing!r}"
+            )
         if not _is_int(self.size) or not 16 <= self.size <= 4096:
             raise ValueError(
                 f"preprocessing.size must be an integer in 16..4096, got {self.size!r}"
@@ -417,7 +427,7 @@ class Preprocessing:
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Preprocessing:
         """From the flat record of a checkpoint or a prepared manifest's ``params``."""
-        own = ("size", "intensity", "rotate", "layout")
+        own = ("size", "intensity", "rotate", "layout", "framing")
         rotate = record.get("rotate", 0)
         return cls(
             size=record.get("size", 256),
@@ -425,6 +435,7 @@ class Preprocessing:
             rotate=rotate % 4 if _is_int(rotate) else rotate,
             layout=record.get("layout"),
             params={k: v for k, v in record.items() if k not in own},
+            framing=record.get("framing", "full"),
         )
 
     def to_record(self) -> dict[str, Any]:
@@ -435,6 +446,7 @@ class Preprocessing:
             "size": self.size,
             "intensity": self.intensity,
             "rotate": self.rotate,
+            "framing": self.framing,
         }
 
 

@@ -267,6 +267,7 @@ def evaluate(
     tta: bool = False,
     backend: str = "torch",
     robustness: Sequence[str] | None = None,
+    framing: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a labelled dataset (see the module docstring).
 
@@ -281,6 +282,8 @@ def evaluate(
         backend: how the network runs (:data:`~covseg.inference.predict.BACKENDS`).
         robustness: also score these variants of every case
             (:data:`~covseg.evaluation.robustness.VARIANTS`); ``None``: none.
+        framing: ``"full"`` or ``"lungs"`` (:mod:`covseg.inference.framing`); ``None``: the
+            checkpoint's.
 
     Returns:
         :meth:`Scores.summary`; with ``robustness``, plus ``"robustness"``:
@@ -303,7 +306,15 @@ def evaluate(
         except ValueError as err:
             raise CovsegError(f"--threshold: {err}") from None
         meta = meta.replace(postprocessing=post)
-    seg = Segmenter(model, meta, device=device, batch_size=batch_size, tta=tta, backend=backend)
+    seg = Segmenter(
+        model,
+        meta,
+        device=device,
+        batch_size=batch_size,
+        tta=tta,
+        backend=backend,
+        framing=framing,
+    )
     with tempfile.TemporaryDirectory(prefix="covseg-eval-") as tmp:
         prepared, originals = open_labelled(Path(data), meta.preprocessing, Path(tmp))
         if variants is None:

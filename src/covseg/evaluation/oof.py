@@ -81,7 +81,7 @@ def collect_oof(
                 lung = None if parts[0].lung is None else np.concatenate([p.lung for p in parts])
                 inf = np.concatenate([p.infection for p in parts])
             else:
-                lung, inf = seg.predictor(case.images01)
+                lung, inf = seg.framed(case.images01)
             oof.items.append(Item(lung, inf, case.truth))
             oof.case_ids.append(f"{run.name}/{case.id}")
             oof.own.append(meta.postprocessing)

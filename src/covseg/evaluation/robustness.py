@@ -53,6 +53,7 @@ from covseg.data.preprocess import HU_WINDOW, normalize_intensity, resize_back
 from covseg.errors import CovsegError, DataError
 from covseg.evaluation.evaluate import LabelledCase, labelled_cases, segment_case
 from covseg.evaluation.scores import Scores
+from covseg.inference.framing import crop_box
 from covseg.inference.segmenter import Segmenter
 
 __all__ = [
@@ -123,35 +124,6 @@ def _resample(
             part = part.astype(np.float32)
             out[i : i + _CHUNK] = _cast(resize_back(part, shape_hw, mask=False), x.dtype)
     return out
-
-
-def _padded_box(lo: int, hi: int, side: int, length: int) -> int:
-    """Start of a ``length`` window in ``[0, side)`` that holds ``[lo, hi)``, centred on it."""
-    start = (lo + hi - length) // 2
-    start = min(max(start, hi - length), lo)
-    return min(max(start, 0), side - length)
-
-
-def crop_box(mask: np.ndarray, margin: float = 0.08) -> tuple[int, int, int, int]:
-    """The crop of ``crop_lungs``: the smallest box of the slices' aspect ratio that holds
-    ``mask`` (over all slices) plus ``margin`` of the side on each border.
-
-    Args:
-        mask: ``(N, H, W)`` boolean (lungs and infection).
-        margin: fraction of ``H`` (rows) and ``W`` (columns) added on each side.
-
-    Returns:
-        ``(r0, r1, c0, c1)``, half-open; the whole slice for an empty mask.
-    """
-    _, h, w = mask.shape
-    rows, cols = np.flatnonzero(mask.any(axis=(0, 2))), np.flatnonzero(mask.any(axis=(0, 1)))
-    if not len(rows):
-        return 0, h, 0, w
-    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    s = min(1.0, max((r1 - r0 + 2 * margin * h) / h, (c1 - c0 + 2 * margin * w) / w))
-    bh, bw = min(h, math.ceil(s * h)), min(w, math.ceil(s * w))
-    top, left = _padded_box(r0, r1, h, bh), _padded_box(c0, c1, w, bw)
-    return top, top + bh, left, left + bw
 
 
 # ----------------------------------------------------------------------------- variants

@@ -64,6 +64,7 @@ class BurdenReport:
         intensity_rule: ``"hu"`` or ``"uint8"`` as applied.
         postprocessing: the post-processing applied.
         tta: flip test-time augmentation used.
+        framing: ``"full"`` or ``"lungs"`` (:mod:`covseg.inference.framing`).
         model_size: the network's input side.
         model_id: sha256 of the weights.
         case: the output prefix (file inputs).
@@ -86,6 +87,7 @@ class BurdenReport:
     case: str | None = None
     input: str | None = None
     covseg_version: str = __version__
+    framing: str = "full"
 
     @property
     def lung_found(self) -> bool:
@@ -116,6 +118,7 @@ class BurdenReport:
             "min_component": post.min_component,
             "lung_margin_px": post.lung_margin_px,
             "tta": self.tta,
+            "framing": self.framing,
             "model_size": self.model_size,
             "model_id": self.model_id,
             "covseg_version": self.covseg_version,
@@ -141,7 +144,7 @@ def burden_report(
         voxel_ml: millilitres per voxel, or ``None``.
         shape: the input array's shape.
         fields: the remaining :class:`BurdenReport` fields (``intensity_rule``,
-            ``postprocessing``, ``tta``, ``model_size``, ``model_id``).
+            ``postprocessing``, ``tta``, ``framing``, ``model_size``, ``model_id``).
     """
     lung_per_slice = lungs.sum(axis=(1, 2), dtype=np.int64)
     inf_per_slice = infection.sum(axis=(1, 2), dtype=np.int64)

@@ -195,6 +195,7 @@ def segment_files(
     device: str = "auto",
     backend: str = "torch",
     intensity: str | None = None,
+    framing: str | None = None,
     progress: bool = False,
 ) -> list[BurdenReport]:
     """``covseg segment``: every input (files, DICOM folders, folders of them) into ``out_dir``.
@@ -213,6 +214,8 @@ def segment_files(
         backend: how the network runs (:data:`~covseg.inference.predict.BACKENDS`).
         intensity: the intensity rule for every input (``"auto"``: told per scan); ``None``:
             the checkpoint's.
+        framing: ``"full"`` or ``"lungs"`` (:mod:`covseg.inference.framing`); ``None``: the
+            checkpoint's.
         progress: one tqdm bar per case on stderr.
 
     Returns:
@@ -240,6 +243,7 @@ def segment_files(
         tta=tta,
         backend=backend,
         intensity=intensity,
+        framing=framing,
     )
     seg.require_lung_head()
     created = not Path(out_dir).exists()

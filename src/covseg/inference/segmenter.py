@@ -26,22 +26,14 @@ import torch
 from torch import nn
 
 from covseg.checkpoint import load_checkpoint
+from covseg.config import FRAMINGS
 from covseg.data.geometry import canonical_spacing, canonical_view, voxel_volume_ml
 from covseg.data.io import MAX_SIDE, Image, check_affine
-from covseg.data.preprocess import (
-    INTENSITY_RULES,
-    detect_intensity_rule,
-    normalize_intensity,
-    resize_slices,
-)
+from covseg.data.preprocess import INTENSITY_RULES, detect_intensity_rule, normalize_intensity
 from covseg.errors import CheckpointError, DataError
 from covseg.inference.burden import BurdenReport, burden_report
-from covseg.inference.postprocess import (
-    Masks,
-    masks_from_probabilities,
-    postprocess,
-    resize_probabilities,
-)
+from covseg.inference.framing import framed_probabilities
+from covseg.inference.postprocess import Masks, masks_from_probabilities
 from covseg.inference.predict import Predictor, Probabilities
 from covseg.meta import CheckpointMeta
 
@@ -81,10 +73,12 @@ class Segmenter:
         backend: how the network runs (:data:`~covseg.inference.predict.BACKENDS`).
         intensity: the intensity rule for every input (``"auto"``: told per scan, or one of
             :data:`~covseg.data.preprocess.INTENSITY_RULES`); ``None``: the checkpoint's.
+        framing: ``"full"`` or ``"lungs"`` (:mod:`covseg.inference.framing`); ``None``: the
+            checkpoint's.
 
     Raises:
-        CovsegError: ``device="cuda"`` without CUDA, ``batch_size < 1``, a bad backend or
-            intensity rule.
+        CovsegError: ``device="cuda"`` without CUDA, ``batch_size < 1``, a bad backend,
+            intensity rule or framing.
     """
 
     def __init__(
@@ -97,11 +91,14 @@ class Segmenter:
         tta: bool = False,
         backend: str = "torch",
         intensity: str | None = None,
+        framing: str | None = None,
     ) -> None:
         if intensity is not None and intensity not in ("auto", *INTENSITY_RULES):
             raise DataError(
                 f"unknown intensity rule {intensity!r} (auto, {', '.join(INTENSITY_RULES)})"
             )
+        if framing is not None and framing not in FRAMINGS:
+            raise DataError(f"unknown framing {framing!r} ({', '.join(FRAMINGS)})")
         self.meta = meta
         self.predictor = Predictor(
             model,
@@ -114,6 +111,7 @@ class Segmenter:
         self.post = meta.postprocessing
         self.size = meta.preprocessing.size
         self.intensity = intensity or meta.preprocessing.intensity
+        self.framing = framing or meta.preprocessing.framing
 
     @classmethod
     def from_checkpoint(
@@ -125,6 +123,7 @@ class Segmenter:
         tta: bool = False,
         backend: str = "torch",
         intensity: str | None = None,
+        framing: str | None = None,
     ) -> Segmenter:
         """Load a checkpoint (``"pretrained"`` or ``.safetensors`` + ``.json``), its hash and
         format checked.
@@ -141,6 +140,7 @@ class Segmenter:
             tta=tta,
             backend=backend,
             intensity=intensity,
+            framing=framing,
         )
 
     @classmethod
@@ -228,9 +228,16 @@ class Segmenter:
         ) as bar:
             for i in range(0, n, step):
                 raw = np.ascontiguousarray(slices[i : i + step])
-                x = resize_slices(normalize_intensity(raw, rule), self.size, mask=False)
-                yield i, resize_probabilities(self.predictor(x), (h, w))
+                yield i, self.framed(normalize_intensity(raw, rule))
                 bar.update(len(raw))
+
+    def framed(self, images01: np.ndarray) -> Probabilities:
+        """Head probabilities of normalised ``(N, H, W)`` slices at their own ``(H, W)``: resized
+        to the network's input, with the segmenter's framing
+        (:func:`~covseg.inference.framing.framed_probabilities`)."""
+        return framed_probabilities(
+            self.predictor, np.asarray(images01, dtype=np.float32), self.size, self.framing
+        )
 
     def segment_slices(
         self,
@@ -257,8 +264,7 @@ class Segmenter:
         :meth:`segment_slices`; masks at ``S' x S'``."""
         if images01.ndim != 3:
             raise DataError(f"prepared slices must be (N, S, S), got {images01.shape}")
-        x = resize_slices(np.asarray(images01, dtype=np.float32), self.size, mask=False)
-        return postprocess(self.predictor(x), self.post, images01.shape[1:], self.size)
+        return masks_from_probabilities(*self.framed(images01), self.post, self.size)
 
     # ------------------------------------------------------------------------------ arrays
     def predict_volume(
@@ -375,6 +381,7 @@ class Segmenter:
             intensity_rule=rule,
             postprocessing=self.post,
             tta=self.tta,
+            framing=self.framing,
             model_size=self.size,
             model_id=self.model_id,
         )

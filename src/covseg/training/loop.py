@@ -33,8 +33,9 @@ from covseg.data.dataset import CombinedDataset, PreparedDataset, data_key, open
 from covseg.data.splits import load_or_make_folds, split_validation
 from covseg.errors import DataError
 from covseg.evaluation.metrics import confusion, dice
+from covseg.inference.framing import framed_probabilities
 from covseg.inference.postprocess import masks_from_probabilities
-from covseg.inference.predict import predict_probabilities, resolve_device
+from covseg.inference.predict import Probabilities, predict_probabilities, resolve_device
 from covseg.meta import CheckpointMeta, DataRecord
 from covseg.models import build_model, count_parameters
 from covseg.training.distributed import ProcessGroup, cpu_threads, torch_threads
@@ -286,6 +287,18 @@ def _stack(data: PreparedDataset, items: list[tuple[str, int]]) -> tuple[np.ndar
     return images, truth
 
 
+def _probabilities(
+    model: nn.Module, images: np.ndarray, pre: Preprocessing, batch: int, device: torch.device
+) -> Probabilities:
+    """Head probabilities of prepared slices with the checkpoint's framing (what ``segment``
+    computes of them)."""
+
+    def predict(x: np.ndarray) -> Probabilities:
+        return predict_probabilities(model, x, batch_size=batch, device=device)
+
+    return framed_probabilities(predict, images, pre.size, pre.framing)
+
+
 def _val_dice(
     model: nn.Module,
     images: np.ndarray,
@@ -298,7 +311,7 @@ def _val_dice(
     validation slices (NaN without validation slices)."""
     if len(images) == 0:
         return math.nan
-    probs = predict_probabilities(model, images, batch_size=batch, device=device)
+    probs = _probabilities(model, images, meta.preprocessing, batch, device)
     masks = masks_from_probabilities(*probs, meta.postprocessing, meta.preprocessing.size)
     return float(np.mean(dice(*confusion(masks.infection, truth, axes=(1, 2)))))
 
@@ -308,7 +321,7 @@ def _choose_postprocessing(
 ) -> None:
     """Select the checkpoint's post-processing on the validation slices; record it."""
     model, meta = load_checkpoint(side, device=device)
-    lung, inf = predict_probabilities(model, images, batch_size=cfg.batch_size, device=device)
+    lung, inf = _probabilities(model, images, meta.preprocessing, cfg.batch_size, device)
     sel = select_postprocessing(
         [Item(lung, inf, truth)],
         meta.preprocessing.size,
