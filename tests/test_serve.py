@@ -458,6 +458,25 @@ def test_data_dir_keeps_the_results(checkpoint, tmp_path):
     assert report.is_file() and server.log[-1] == "covseg: interrupted"
 
 
+def test_ctrl_c_is_an_interruption_even_when_the_signal_is_lost(checkpoint, tmp_path, monkeypatch):
+    """uvicorn re-raises SIGINT after its shutdown, and asyncio's runner can swallow it when the
+    server's task ends at that moment (a CI run once saw exit 0 for Ctrl-C): `serve` itself
+    must end as interrupted, and keep the data folder."""
+    import uvicorn
+
+    from covseg.serve import ServeConfig, serve
+
+    def run_and_lose_the_signal(self, sockets=None):  # Ctrl-C handled, nothing re-raised
+        self.handle_exit(signal.SIGINT, None)
+
+    monkeypatch.setattr(uvicorn.Server, "run", run_and_lose_the_signal)
+    keep = tmp_path / "results"
+    config = ServeConfig(port=0, checkpoint=str(checkpoint), data_dir=keep)
+    with pytest.raises(KeyboardInterrupt):
+        serve(config)
+    assert keep.is_dir()
+
+
 # ------------------------------------------------------------------------- browser tests
 @pytest.fixture(scope="module")
 def browser():

@@ -34,10 +34,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import signal
 import socket
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
@@ -311,6 +313,17 @@ def serve(config: ServeConfig) -> None:
     """
     import uvicorn
 
+    class _SignalledServer(uvicorn.Server):
+        """uvicorn's server, remembering the signals that stopped it."""
+
+        def __init__(self, cfg: uvicorn.Config) -> None:
+            super().__init__(cfg)
+            self.signals: list[int] = []
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            self.signals.append(sig)
+            super().handle_exit(sig, frame)
+
     if config.checkpoint != "pretrained" and not Path(config.checkpoint).is_file():
         raise CovsegError(f"{config.checkpoint}: no such checkpoint file")
     sock = _listen(config.host, config.port)
@@ -332,7 +345,13 @@ def serve(config: ServeConfig) -> None:
             "removed on exit" if owned else "kept",
         )
         uv = uvicorn.Config(app, log_config=None, log_level="warning", timeout_graceful_shutdown=5)
-        uvicorn.Server(uv).run(sockets=[sock])
+        server = _SignalledServer(uv)
+        server.run(sockets=[sock])
+        if server.signals and server.signals[0] == signal.SIGINT:
+            # uvicorn re-raises the signal after its shutdown, but asyncio's runner can swallow
+            # a re-raised SIGINT when the server's task ends at that moment (seen under load):
+            # Ctrl-C must still end the command as interrupted (exit 130).
+            raise KeyboardInterrupt
     finally:
         sock.close()
         if owned:
