@@ -44,8 +44,8 @@ if [[ " $STEPS " == *" cv "* ]]; then
     $cs report "$CV"
     # The same test folds through lung framing (the checkpoints' own post-processing).
     for run in "$CV"/fold*_rep0; do
+        [[ -f "$run/test_metrics.json" ]] || continue
         k=${run##*/fold}; k=${k%%_rep0}
-        [[ -f "$CV/fold${k}_rep0/test_metrics.json" ]] || continue
         # shellcheck disable=SC2086
         $py experiments/score_on_fold.py "$run/best.safetensors" "$CV" "$k" "${CV}_lungs" \
             --data $SETS --robustness --framing lungs

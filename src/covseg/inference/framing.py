@@ -93,9 +93,6 @@ def lung_boxes(
     boxes: list[tuple[int, int, int, int] | None] = []
     for i in range(n):
         r0, r1, c0, c1 = crop_box(lung[i : i + 1] > LUNG_THRESHOLD, MARGIN, MIN_SCALE)
-        if (r0, r1, c0, c1) == (0, s_r, 0, s_c):
-            boxes.append(None)
-            continue
         # From the S x S grid to the slice's pixels (outward, so the lungs stay inside).
         box = (
             math.floor(r0 * h / s_r),
@@ -140,7 +137,8 @@ def framed_probabilities(
     todo = [(i, b) for i, b in enumerate(boxes) if b is not None]
     if not todo:
         return out
-    lung, inf = np.array(out.lung, dtype=np.float32), np.array(out.infection, dtype=np.float32)
+    # Written in place: ``first`` is not read again (its arrays may be ``out``'s, unresized).
+    lung, inf = out
     crops = np.empty((len(todo), size, size), dtype=np.float32)
     for j, (i, (r0, r1, c0, c1)) in enumerate(todo):
         crops[j] = resize_slices(images01[i : i + 1, r0:r1, c0:c1], size, mask=False)[0]
