@@ -4,9 +4,9 @@ chose on its own validation slices and a description of its training data.
 (`experiments/oof_threshold.py --ship` does the same with a post-processing chosen on the
 out-of-fold predictions of a finished cross-validation instead.)
 
-`--framing lungs` records that `segment` gives the model a second look at the crop to the
-lungs it found (`covseg.inference.framing`); its post-processing stays the one chosen on
-validation.
+`--framing lungs` records that `segment` shows the model the crop to the lungs a scout look
+found (`covseg.inference.framing`); its post-processing stays the one chosen on validation
+(`experiments/rechoose_postprocessing.py` chooses it again with another framing).
 
 Usage: .venv/bin/python experiments/ship.py RUN/last.safetensors \
            src/covseg/pretrained/model.safetensors --dataset "..." [--framing lungs]

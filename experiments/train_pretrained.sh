@@ -7,8 +7,8 @@
 # One recipe for both steps: the `fast` preset, the robust augmentation (zoom 0.5-2x, crops to the
 # lungs, up-down flips, window, gamma, CLAHE, noise, blur), an equal share of each dataset per
 # epoch, derived lung masks at half weight, a per-slice soft Dice (--dice-mode slice), 20 epochs.
-# The shipped model is applied with lung framing (a second look at the crop to the lungs it
-# found; covseg.inference.framing), and the CV is scored both ways (folder cv_allN, whole slices;
+# The shipped model is applied with lung framing (a scout look finds the lungs, the look is at
+# their crop; covseg.inference.framing), and the CV is scored both ways (folder cv_allN, whole slices;
 # cv_allN_lungs, lung framing). On 2 CPU cores (one thread per job, two jobs side by side) a fold
 # took about 30 min and the final run about 35 min (2026-12-04; 50-60 min and 90 min on slower
 # machines of the same kind).

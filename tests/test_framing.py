@@ -1,4 +1,4 @@
-"""Lung framing (covseg.inference.framing): the second look at the crop to the lungs."""
+"""Lung framing (covseg.inference.framing): a scout finds the lungs, the look is at their crop."""
 
 from __future__ import annotations
 
@@ -22,13 +22,18 @@ class BlobNet:
     (> 0.2); infection is the brightest pixels (> 0.8), but only in 4-connected blobs of at
     least ``min_px`` pixels *of its input*: a lesion shown small is missed."""
 
-    def __init__(self, min_px: int = 12) -> None:
-        self.min_px = min_px
+    def __init__(self, min_px: int = 12, min_lung_px: int = 0) -> None:
+        self.min_px, self.min_lung_px = min_px, min_lung_px
         self.inputs: list[np.ndarray] = []
 
     def __call__(self, x: np.ndarray) -> Probabilities:
         self.inputs.append(x.copy())
         lung = (x > 0.2).astype(np.float32)
+        if self.min_lung_px:  # lungs shown smaller than this are missed too
+            for i, sl in enumerate(x > 0.2):
+                lab, n = ndi.label(sl)
+                sizes = ndi.sum(sl, lab, range(1, n + 1))
+                lung[i] = np.isin(lab, 1 + np.flatnonzero(sizes >= self.min_lung_px))
         inf = np.zeros_like(x)
         for i, sl in enumerate(x > 0.8):
             lab, n = ndi.label(sl)
@@ -65,7 +70,7 @@ def test_crop_box_floor_and_aspect():
 def test_lung_boxes_in_the_slices_own_pixels():
     lung = np.zeros((3, S, S), np.float32)
     lung[0, 20:40, 10:50] = 0.9  # lungs: a box
-    lung[2] = 0.9  # lungs everywhere: the whole slice, no second look
+    lung[2] = 0.9  # lungs everywhere: the whole slice, no box
     boxes = lung_boxes(lung, (128, 256))
     assert boxes[1] is None and boxes[2] is None  # no lungs / the whole slice
     r0, r1, c0, c1 = boxes[0]
@@ -96,7 +101,7 @@ def test_lungs_framing_finds_a_lesion_that_a_zoomed_out_frame_shows_too_small():
     truth = small > 0.8
     assert framed.any() and (framed & truth).sum() >= 0.5 * truth.sum()
     assert not (framed & ~ndi.binary_dilation(truth, iterations=3)).any()
-    # the second look was at the crop, magnified (about 2x) and lungs still inside
+    # the look was at the crop, magnified (about 2x) and lungs still inside
     assert len(net.inputs) == 2
     assert (net.inputs[1] > 0.2).mean() > 3 * (net.inputs[0] > 0.2).mean()
     # a slice framed about like the crop already: the lesion found either way, as well
@@ -105,6 +110,24 @@ def test_lungs_framing_finds_a_lesion_that_a_zoomed_out_frame_shows_too_small():
     for framing in ("full", "lungs"):
         pred = framed_probabilities(BlobNet(), big, S, framing).infection > 0.5
         assert 2 * (pred & truth).sum() / (pred.sum() + truth.sum()) > 0.85, framing
+
+
+def test_lungs_too_small_for_the_scout_get_a_look_at_their_box():
+    """A frame so loose that the half-size scout misses the lungs: the whole-slice look finds
+    them, and one more look at their box finds the lesion (as with a full-size first look)."""
+    x = slice_with_lungs(128, 128, 0.45)[None]  # each lung about 115 px at 64^2, 29 at 32^2
+    net = BlobNet(min_lung_px=60)
+    framed = framed_probabilities(net, x, S, "lungs")
+    assert [a.shape for a in net.inputs] == [(1, S // 2, S // 2), (1, S, S), (1, S, S)]
+    assert (net.inputs[2] > 0.2).mean() > 3 * (net.inputs[1] > 0.2).mean()  # magnified
+    truth = x > 0.8
+    found = framed.infection > 0.5
+    assert (found & truth).sum() >= 0.5 * truth.sum()
+    assert (framed.lung > 0.5).sum() >= 0.8 * (x > 0.2).sum()
+    # lungs the scout does see: no third look
+    net = BlobNet(min_lung_px=60)
+    framed_probabilities(net, slice_with_lungs(128, 128, 1.0)[None], S, "lungs")
+    assert len(net.inputs) == 2
 
 
 def test_lungs_framing_is_per_slice_and_skips_slices_without_lungs():
@@ -117,15 +140,33 @@ def test_lungs_framing_is_per_slice_and_skips_slices_without_lungs():
         np.testing.assert_allclose(alone.lung[0], together.lung[i], atol=1e-6)
     net = BlobNet()
     framed_probabilities(net, x, S, "lungs")
-    assert len(net.inputs[1]) == 2  # the empty slice had no second look
+    # a scout at half the side (a quarter of the pixels), then one full-size look per slice
+    assert [a.shape for a in net.inputs] == [(3, S // 2, S // 2), (3, S, S)]
+    # the slice without lungs: its look is at the whole slice, exactly as with "full"
+    full = framed_probabilities(BlobNet(), x, S, "full")
+    np.testing.assert_array_equal(together.infection[2], full.infection[2])
+    np.testing.assert_array_equal(together.lung[2], full.lung[2])
 
 
 def test_models_without_a_lung_head_and_bad_framings():
     def no_lungs(x: np.ndarray) -> Probabilities:
-        return Probabilities(None, np.full_like(x, 0.3))
+        return Probabilities(None, np.full_like(x, x.shape[-1] / 100))  # tells the input side
 
     out = framed_probabilities(no_lungs, np.zeros((2, 40, 50), np.float32), S, "lungs")
     assert out.lung is None and out.infection.shape == (2, 40, 50)
+    np.testing.assert_allclose(out.infection, S / 100, rtol=1e-6)  # the full-size look's
+
+    class Counted:
+        has_lung_head = False
+        calls = 0
+
+        def __call__(self, x: np.ndarray) -> Probabilities:
+            self.calls += 1
+            return no_lungs(x)
+
+    net = Counted()
+    framed_probabilities(net, np.zeros((2, 40, 50), np.float32), S, "lungs")
+    assert net.calls == 1  # a predictor known to have no lung head: no scout
     with pytest.raises(ValueError, match="framing"):
         framed_probabilities(no_lungs, np.zeros((1, 8, 8), np.float32), S, "crop")
 

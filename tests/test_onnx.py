@@ -55,3 +55,21 @@ def test_export_refuses_a_tampered_checkpoint(tmp_path, capsys):
     assert main(["export-onnx", "--checkpoint", str(ckpt), str(tmp_path / "m.onnx")]) == 2
     assert "sha256" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_onnxruntime_predictor_runs_every_side_it_is_called_with(tmp_path):
+    """Lung framing calls the network at two sides (the scout's and the look's); the
+    onnxruntime backend, whose graphs have a fixed side, must give torch's heads at both."""
+    from covseg.inference.predict import Predictor
+
+    torch.set_num_threads(1)
+    model, _ = load_checkpoint(save_tiny_checkpoint(tmp_path / "tiny.safetensors"))
+    onnx_run = Predictor(model, device="cpu", backend="onnxruntime", size=SIZE)
+    torch_run = Predictor(model, device="cpu")
+    rng = np.random.default_rng(1)
+    for side in (SIZE, 2 * SIZE, SIZE):
+        x = rng.random((3, side, side), dtype=np.float32)
+        got, ref = onnx_run(x), torch_run(x)
+        assert got.infection.shape == (3, side, side)
+        np.testing.assert_allclose(got.infection, ref.infection, atol=1e-4)
+        np.testing.assert_allclose(got.lung, ref.lung, atol=1e-4)

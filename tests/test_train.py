@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _train_helpers import FAST, TINY, prepared_phantoms
+from _train_helpers import FAST, TINY, prepared_phantoms, tiny_checkpoint
 from covseg.checkpoint import FORMAT, load_checkpoint
 from covseg.data.dataset import PreparedDataset
 from covseg.errors import DataError
@@ -109,6 +109,56 @@ def test_short_training_learns_the_phantoms(tmp_path):
     assert result["per_slice_mean"]["dice"] > 0.2, result["per_slice_mean"]
     model, _ = load_checkpoint(run / "best.safetensors")
     assert not model.training
+
+
+def test_training_validates_with_its_framing_and_records_it(tmp_path, monkeypatch):
+    """`train --framing lungs`: the validation Dice and the post-processing search see the
+    predictions `segment` will make, and the checkpoints tell `segment` to frame so."""
+    import covseg.training.loop as loop
+
+    seen: list[str] = []
+    real = loop.framed_probabilities
+
+    def spy(predict, images, size, framing="full"):
+        seen.append(framing)
+        return real(predict, images, size, framing)
+
+    monkeypatch.setattr(loop, "framed_probabilities", spy)
+    data = prepared_phantoms(tmp_path, cases=2, slices=3, size=32)
+    run = train(TINY, FAST.replace(epochs=1, framing="lungs"), data, tmp_path / "run")
+    for name in ("best", "last"):
+        meta = json.loads((run / f"{name}.json").read_text())
+        assert meta["preprocessing"]["framing"] == "lungs" and meta["train_config"]["framing"]
+    # one validation per epoch, one post-processing search per checkpoint
+    assert seen == ["lungs"] * 3
+    with pytest.raises(ValueError, match="framing"):
+        FAST.replace(framing="zoom")
+
+
+def test_choosing_the_post_processing_again_with_another_framing(tmp_path):
+    """A run trained (and validated) whole-slice, its post-processing chosen again with lung
+    framing, ends where a run validated with lung framing from the start does: same weights,
+    same validation slices, same choice; only the JSON changes."""
+    from covseg.training.loop import choose_postprocessing
+
+    data = prepared_phantoms(tmp_path, cases=3, slices=4, size=32)
+    cfg = FAST.replace(epochs=1, min_component_candidates=(0, 5))
+    full = train(TINY, cfg, data, tmp_path / "full")
+    lungs = train(TINY, cfg.replace(framing="lungs"), data, tmp_path / "lungs")
+    weights = (full / "last.safetensors").read_bytes()
+    meta = choose_postprocessing(full / "last.safetensors", data, framing="lungs")
+    expect = json.loads((lungs / "last.json").read_text())
+    got = json.loads((full / "last.json").read_text())
+    assert meta.preprocessing.framing == got["preprocessing"]["framing"] == "lungs"
+    assert got["postprocessing"] == expect["postprocessing"]
+    assert got["metrics"]["val_dice_postprocessed"] == expect["metrics"]["val_dice_postprocessed"]
+    assert (full / "last.safetensors").read_bytes() == weights
+    # a checkpoint that was not trained by covseg, or data without its cases: one error
+    with pytest.raises(DataError, match="no recorded training run"):
+        choose_postprocessing(tiny_checkpoint(tmp_path / "tiny.safetensors")[0], data)
+    other = prepared_phantoms(tmp_path / "other", cases=2, slices=2, size=32)
+    with pytest.raises(DataError, match="not in the data"):
+        choose_postprocessing(full / "best.safetensors", other)
 
 
 def test_extra_data_is_training_only_and_weighted(tmp_path):

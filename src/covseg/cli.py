@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from covseg._version import __version__
-from covseg.config import INTENSITY_RULES, ROBUSTNESS_VARIANTS
+from covseg.config import FRAMINGS, INTENSITY_RULES, ROBUSTNESS_VARIANTS
 from covseg.errors import CovsegError
 
 __all__ = ["main"]
@@ -200,6 +200,13 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
         help="slices drawn from --extra-data per epoch (0 = all)",
     )
     p.add_argument("--extra-data", help="prepared pseudo-labelled data, training only")
+    p.add_argument(
+        "--framing",
+        choices=FRAMINGS,
+        default="full",
+        help="how validation (and then segment) looks at slices: whole, or cropped to the lungs "
+        "a scout look found; the post-processing is chosen on those predictions (full)",
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all cores)")
@@ -237,6 +244,7 @@ def _build_configs(args: argparse.Namespace):
         augment=not args.no_augment,
         augmentation=args.augmentation,
         sampling=args.sampling,
+        framing=args.framing,
         derived_lung_weight=args.derived_lung_weight,
         pseudo_weight=args.pseudo_weight,
         extra_per_epoch=args.extra_per_epoch,
@@ -393,13 +401,11 @@ def _backend_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _framing_flag(p: argparse.ArgumentParser) -> None:
-    from covseg.config import FRAMINGS
-
     p.add_argument(
         "--framing",
         choices=FRAMINGS,
-        help="full: the network sees each whole slice; lungs: a second look at the crop to "
-        "the lungs it found (default: the checkpoint's)",
+        help="full: the network sees each whole slice; lungs: it sees the crop to the lungs "
+        "that a scout look at the whole slice found (default: the checkpoint's)",
     )
 
 

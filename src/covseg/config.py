@@ -35,7 +35,7 @@ INTENSITY_RULES = ("hu", "uint8", "unit", "hu1024")
 #: PyTorch fp32, PyTorch with bf16 autocast, or ONNX Runtime (CPU).
 BACKENDS = ("torch", "torch-bf16", "onnxruntime")
 #: How the network looks at a slice (:mod:`covseg.inference.framing`): the whole slice, or
-#: also a second time cropped to the lungs it found.
+#: cropped to the lungs that a cheap scout look at the whole slice found.
 FRAMINGS = ("full", "lungs")
 
 #: The variants of ``evaluate --robustness`` (:data:`covseg.evaluation.robustness.VARIANTS`), in
@@ -283,6 +283,9 @@ class TrainConfig:
             epoch length (validation, checkpoints) independent of the extra set's size.
         threshold_search: choose the probability threshold and the minimum component size on the
             validation slices after training (else 0.5 and 0).
+        framing: how validation looks at slices, recorded as the checkpoint's
+            :attr:`Preprocessing.framing` (what ``segment`` then does): the validation Dice and
+            the post-processing are chosen on the predictions ``segment`` will make.
         min_component_candidates: component sizes (pixels at the model's input size) tried by the
             post-processing search; 0 = keep everything.
         lung_margin_candidates: lung margins (pixels at the model's input size; ``None`` = no
@@ -323,6 +326,7 @@ class TrainConfig:
     pseudo_weight: float = 0.5
     extra_per_epoch: int = 0
     threshold_search: bool = True
+    framing: Literal["full", "lungs"] = "full"
     min_component_candidates: tuple[int, ...] = (0, 10, 20, 40)
     lung_margin_candidates: tuple[int | None, ...] = (2,)
     fold: int | None = None
@@ -348,6 +352,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.dice_mode: unknown {self.dice_mode!r}")
         if self.sampling not in ("slices", "sources"):
             raise ValueError(f"TrainConfig.sampling: unknown {self.sampling!r}")
+        if self.framing not in FRAMINGS:
+            raise ValueError(f"TrainConfig.framing: unknown {self.framing!r}")
         if not self.lung_margin_candidates or not self.min_component_candidates:
             raise ValueError("TrainConfig: empty post-processing candidate lists")
         if self.fold is not None and not 0 <= self.fold < self.folds:
@@ -397,8 +403,8 @@ class Preprocessing:
             ``covseg prepare`` (``--rotate``); ``evaluate`` applies it to the originals too.
         layout: the dataset layout the model was trained on (provenance only).
         params: the other parameters ``covseg prepare`` recorded (provenance only).
-        framing: ``"full"`` (the network sees each whole slice) or ``"lungs"`` (a second look
-            at the crop to the lungs it found; :mod:`covseg.inference.framing`).
+        framing: ``"full"`` (the network sees each whole slice) or ``"lungs"`` (it sees the
+            crop to the lungs a scout look found; :mod:`covseg.inference.framing`).
     """
 
     size: int = 256

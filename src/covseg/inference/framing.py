@@ -1,20 +1,27 @@
-"""Lung framing: a second look at every slice, cropped to the lungs that the first look found.
+"""Lung framing: every slice seen cropped to its lungs, found by a cheap scout look.
 
 A slice framed loosely (a zoomed-out scan, a small patient in a large field of view, a picture
 with a wide border) shows the network small lungs and smaller lesions; one cropped to the lungs
-shows them large. With ``framing="lungs"`` the network sees every slice twice:
+shows them large. With ``framing="lungs"`` the network sees every slice twice (rarely three
+times):
 
-1. the whole slice, resized to the network's ``S x S`` input, as with ``framing="full"``;
-2. the box of the lungs it found (lung probability ``> 0.5``) plus :data:`MARGIN` of the slice's
-   side on each border, of the slice's aspect ratio (pixels stay square) and at least
-   :data:`MIN_SCALE` of each side (a magnification of at most ``1 / MIN_SCALE``, the largest zoom of
-   the robust training profile), cut from the slice at its own resolution and resized to
-   ``S x S``.
+1. a *scout*: the whole slice at :data:`SCOUT_SCALE` of the network's side (``S / 2``, a quarter
+   of the work of a full look), only to find the lungs;
+2. the *look*: the box of the lungs the scout found (lung probability above
+   :data:`SCOUT_LUNG_THRESHOLD`) plus :data:`MARGIN` of the slice's side on each border, of the
+   slice's aspect ratio (pixels stay square) and at least :data:`MIN_SCALE` of each side (a
+   magnification of at most ``1 / MIN_SCALE``, the largest zoom of the robust training
+   profile), cut from the slice at its own resolution and resized to ``S x S``. Where the scout found no lungs, or the box is the
+   whole slice, the look is at the whole slice, exactly as with ``framing="full"``;
+3. where that whole-slice look finds lungs after all (probability above
+   :data:`LUNG_THRESHOLD`; lungs too small for the scout, in a zoomed-out frame), one more
+   look, at their box.
 
-The probabilities of the second look replace those of the first inside the box; outside it the
-first look's stay (there, by construction, no lung was found). A slice without lungs, or whose
-box is the whole slice, is looked at once. Each slice is framed on its own, so the result does
-not depend on how slices are batched.
+Every slice thus gets one full-size look (rarely two); inside a box the look's probabilities
+replace those underneath, which are the scout's (or the whole-slice look's). Outside the box
+the scout found no lung, so the lung-gated infection there is about 0. Each slice is framed on
+its own, so the result does not depend on how slices are batched. ``framing="full"`` is one
+look at the whole slice.
 
 :func:`crop_box` is also the crop of the ``crop_lungs`` robustness variant
 (:mod:`covseg.evaluation.robustness`), which applies it to the truth.
@@ -32,14 +39,33 @@ from covseg.data.preprocess import resize_slices
 from covseg.inference.postprocess import resize_probabilities
 from covseg.inference.predict import Probabilities
 
-__all__ = ["FRAMINGS", "MARGIN", "MIN_SCALE", "crop_box", "framed_probabilities", "lung_boxes"]
+__all__ = [
+    "FRAMINGS",
+    "MARGIN",
+    "MIN_SCALE",
+    "SCOUT_SCALE",
+    "crop_box",
+    "framed_probabilities",
+    "lung_boxes",
+    "scout_size",
+]
 
 #: Fraction of the slice's side added on each border of the lungs' box.
 MARGIN = 0.08
 #: The crop spans at least this fraction of each side of the slice.
 MIN_SCALE = 0.5
-#: Lung probability above which a pixel counts as lung for the box.
+#: Lung probability above which a pixel counts as lung for the box of a full-size look.
 LUNG_THRESHOLD = 0.5
+#: The same for the scout, whose lungs are about half the size of a full look's in a zoomed-out
+#: frame (it sees them at a quarter of the pixels): a box from them at 0.5 cuts the lungs.
+SCOUT_LUNG_THRESHOLD = 0.25
+#: The scout's side as a fraction of the network's input side.
+SCOUT_SCALE = 0.5
+
+
+def scout_size(size: int) -> int:
+    """The scout's input side for a network of input side ``size`` (at least 32 px)."""
+    return min(size, max(32, round(SCOUT_SCALE * size)))
 
 
 def _padded_box(lo: int, hi: int, side: int, length: int) -> int:
@@ -76,23 +102,24 @@ def crop_box(
 
 
 def lung_boxes(
-    lung: np.ndarray, shape_hw: tuple[int, int]
+    lung: np.ndarray, shape_hw: tuple[int, int], threshold: float = LUNG_THRESHOLD
 ) -> list[tuple[int, int, int, int] | None]:
-    """Per slice, the crop of the second look in ``shape_hw`` pixels, or ``None``.
+    """Per slice, the crop of the look in ``shape_hw`` pixels, or ``None``.
 
     Args:
-        lung: ``(N, S, S)`` lung probabilities of the first look.
+        lung: ``(N, s, s)`` lung probabilities of the scout (any grid side ``s``).
         shape_hw: the slices' own ``(H, W)``.
+        threshold: lung probability above which a pixel counts as lung.
 
     Returns:
         ``(r0, r1, c0, c1)`` (half-open) per slice; ``None`` where no lung was found or the box
-        is the whole slice.
+        is the whole slice (the look is then at the whole slice).
     """
     h, w = shape_hw
     n, s_r, s_c = lung.shape
     boxes: list[tuple[int, int, int, int] | None] = []
     for i in range(n):
-        r0, r1, c0, c1 = crop_box(lung[i : i + 1] > LUNG_THRESHOLD, MARGIN, MIN_SCALE)
+        r0, r1, c0, c1 = crop_box(lung[i : i + 1] > threshold, MARGIN, MIN_SCALE)
         # From the S x S grid to the slice's pixels (outward, so the lungs stay inside).
         box = (
             math.floor(r0 * h / s_r),
@@ -113,15 +140,17 @@ def framed_probabilities(
     """Head probabilities of ``(N, H, W)`` slices in ``[0, 1]``, at their own ``(H, W)``.
 
     Args:
-        predict: the network: ``(N, S, S)`` float32 in ``[0, 1]`` -> :class:`Probabilities`
-            at ``S x S`` (a :class:`~covseg.inference.predict.Predictor`).
+        predict: the network: ``(N, s, s)`` float32 in ``[0, 1]`` -> :class:`Probabilities`
+            at ``s x s``, for ``s`` the input side ``S`` and the scout's
+            (a :class:`~covseg.inference.predict.Predictor`). Its ``has_lung_head`` attribute,
+            where it has one and it is false, skips the scout.
         images01: ``(N, H, W)`` normalised slices.
         size: the network's input side ``S``.
         framing: one of :data:`FRAMINGS` (see the module docstring).
 
     Returns:
         float32 probabilities ``(N, H, W)``; ``lung`` is ``None`` for a model without a lung
-        head (which is then always looked at once).
+        head (which is then always looked at once, at the whole slice).
 
     Raises:
         ValueError: an unknown ``framing``.
@@ -129,23 +158,48 @@ def framed_probabilities(
     if framing not in FRAMINGS:
         raise ValueError(f"framing must be one of {', '.join(FRAMINGS)}, got {framing!r}")
     hw = (int(images01.shape[1]), int(images01.shape[2]))
-    first = predict(resize_slices(images01, size, mask=False))
-    out = resize_probabilities(first, hw)
-    if framing == "full" or first.lung is None or not len(images01):
-        return out
-    boxes = lung_boxes(first.lung, hw)
-    todo = [(i, b) for i, b in enumerate(boxes) if b is not None]
-    if not todo:
-        return out
-    # Written in place: ``first`` is not read again (its arrays may be ``out``'s, unresized).
-    lung, inf = out
-    crops = np.empty((len(todo), size, size), dtype=np.float32)
-    for j, (i, (r0, r1, c0, c1)) in enumerate(todo):
-        crops[j] = resize_slices(images01[i : i + 1, r0:r1, c0:c1], size, mask=False)[0]
-    second = predict(crops)
-    for j, (i, (r0, r1, c0, c1)) in enumerate(todo):
-        part = Probabilities(second.lung[j : j + 1], second.infection[j : j + 1])  # type: ignore[index]
+    if framing == "full" or not len(images01) or not getattr(predict, "has_lung_head", True):
+        return resize_probabilities(predict(resize_slices(images01, size, mask=False)), hw)
+    scout = predict(resize_slices(images01, scout_size(size), mask=False))
+    if scout.lung is None:  # no lung head after all: one look at the whole slice
+        return resize_probabilities(predict(resize_slices(images01, size, mask=False)), hw)
+    whole = (0, hw[0], 0, hw[1])
+    found = lung_boxes(scout.lung, hw, SCOUT_LUNG_THRESHOLD)
+    look = _looks(predict, images01, [b or whole for b in found], size)
+    # Where the scout found no lungs, the look was at the whole slice; lungs found there were
+    # too small for the scout (a zoomed-out frame): one more look, at their box.
+    missed = [i for i, b in enumerate(found) if b is None]
+    again = lung_boxes(look.lung[missed], hw) if missed else []  # type: ignore[index]
+    redo = [(i, b) for i, b in zip(missed, again, strict=True) if b is not None]
+    boxed = [i for i, b in enumerate(found) if b is not None]
+    lung = np.empty((len(images01), *hw), dtype=np.float32)
+    inf = np.empty_like(lung)
+    # Under each box: the scout's, or the whole-slice look's where there was one.
+    for idx, src in ((missed, look), (boxed, scout)):
+        if idx:
+            part = Probabilities(src.lung[idx], src.infection[idx])  # type: ignore[index]
+            lung[idx], inf[idx] = resize_probabilities(part, hw)
+    pastes = [(i, found[i], look, i) for i in boxed]
+    if redo:
+        second = _looks(predict, images01[[i for i, _ in redo]], [b for _, b in redo], size)
+        pastes += [(i, b, second, j) for j, (i, b) in enumerate(redo)]
+    for i, box, src, j in pastes:
+        r0, r1, c0, c1 = box  # type: ignore[misc]
+        part = Probabilities(src.lung[j : j + 1], src.infection[j : j + 1])  # type: ignore[index]
         part = resize_probabilities(part, (r1 - r0, c1 - c0))
         lung[i, r0:r1, c0:c1] = part.lung[0]  # type: ignore[index]
         inf[i, r0:r1, c0:c1] = part.infection[0]
     return Probabilities(lung, inf)
+
+
+def _looks(
+    predict: Callable[[np.ndarray], Probabilities],
+    images01: np.ndarray,
+    boxes: list[tuple[int, int, int, int]],
+    size: int,
+) -> Probabilities:
+    """The network's probabilities (at ``size``) of each slice's box, cut and resized to ``size``."""
+    crops = np.empty((len(boxes), size, size), dtype=np.float32)
+    for i, (r0, r1, c0, c1) in enumerate(boxes):
+        crops[i] = resize_slices(images01[i : i + 1, r0:r1, c0:c1], size, mask=False)[0]
+    return predict(crops)

@@ -10,7 +10,7 @@ import copy
 import io
 import warnings
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -131,7 +131,9 @@ class Predictor:
         backend: ``"torch"`` (fp32), ``"torch-bf16"`` (bf16 autocast) or ``"onnxruntime"``
             (the model exported to ONNX in memory at ``size``, run by ONNX Runtime on the CPU
             with torch's thread count).
-        size: the input side (``onnxruntime`` only: the exported graph has a fixed side).
+        size: the input side (``onnxruntime`` only: the graph is exported at this side up
+            front, and once more for each other side it is called with, such as the scout of
+            lung framing).
 
     Raises:
         CovsegError: ``batch_size < 1``, CUDA asked for without one, an unknown backend,
@@ -160,15 +162,15 @@ class Predictor:
         self.tta = bool(tta)
         self.backend = backend
         self.has_lung_head = getattr(getattr(model, "cfg", None), "model", "bifurcated") != "unet"
-        self._session = None
+        self._sessions: dict[int, Any] = {}
         if backend == "onnxruntime":
             if self.device.type != "cpu":
                 raise CovsegError("--backend onnxruntime runs on the CPU (use --device cpu)")
-            self._session = _onnx_session(self.model, size)
+            self._sessions[int(size)] = _onnx_session(self.model, int(size))
 
     def __call__(self, images01: np.ndarray) -> Probabilities:
         """Head probabilities of ``(N, S, S)`` slices with this predictor's settings."""
-        if self._session is None:
+        if self.backend != "onnxruntime":
             return predict_probabilities(
                 self.model,
                 images01,
@@ -177,7 +179,10 @@ class Predictor:
                 tta=self.tta,
                 precision="bf16" if self.backend == "torch-bf16" else "fp32",
             )
-        session = self._session
+        side = int(np.shape(images01)[-1])
+        if side not in self._sessions:
+            self._sessions[side] = _onnx_session(self.model, side)
+        session = self._sessions[side]
 
         def forward(batch: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
             lung, _, inf = session.run(None, {"image": batch[:, None]})

@@ -14,6 +14,7 @@ scheduler, counters, RNG; :mod:`covseg.training.state`), ``log.csv`` and ``curve
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from covseg.checkpoint import load_checkpoint, save_checkpoint, update_meta
+from covseg.checkpoint import load_checkpoint, read_meta, save_checkpoint, update_meta
 from covseg.config import ModelConfig, PostProcessing, Preprocessing, TrainConfig
 from covseg.data.dataset import CombinedDataset, PreparedDataset, data_key, open_prepared
 from covseg.data.splits import load_or_make_folds, split_validation
@@ -44,7 +45,7 @@ from covseg.training.losses import BifurcatedLoss
 from covseg.training.selection import Item, select_postprocessing
 from covseg.training.state import restore, save_last, write_log
 
-__all__ = ["fold_cases", "train"]
+__all__ = ["choose_postprocessing", "fold_cases", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,9 @@ def _train(
     params = dict(data.manifest.get("params", {}))
     meta = CheckpointMeta(
         model_config=model_cfg,
-        preprocessing=Preprocessing.from_record({"layout": data.manifest.get("layout"), **params}),
+        preprocessing=Preprocessing.from_record(
+            {"layout": data.manifest.get("layout"), **params, "framing": cfg.framing}
+        ),
         postprocessing=PostProcessing(lung_margin_px=cfg.lung_margin_candidates[0]),
         train_config=cfg,
         data=DataRecord(
@@ -316,12 +319,66 @@ def _val_dice(
     return float(np.mean(dice(*confusion(masks.infection, truth, axes=(1, 2)))))
 
 
+def choose_postprocessing(
+    checkpoint: str | Path,
+    data_root: str | Path | Sequence[str | Path],
+    *,
+    framing: str | None = None,
+    device: str | torch.device = "cpu",
+) -> CheckpointMeta:
+    """Choose a trained checkpoint's post-processing again on its own validation slices, e.g.
+    after changing how ``segment`` frames them: the search that ends :func:`train`, on the
+    predictions ``segment`` makes with ``framing``.
+
+    The validation slices are those the run held out: the same split of the recorded training
+    cases with the recorded seed and fraction. The weights (and their hash) are untouched; the
+    checkpoint's JSON gets the framing, the post-processing and ``val_dice_postprocessed``.
+
+    Args:
+        checkpoint: a run's ``best``/``last`` checkpoint (``.safetensors`` or ``.json``).
+        data_root: the prepared dataset(s) it was trained on, in the same order.
+        framing: one of :data:`~covseg.config.FRAMINGS`; ``None``: the checkpoint's.
+        device: where to run the network.
+
+    Returns:
+        The updated metadata.
+
+    Raises:
+        DataError: a checkpoint without recorded training cases, or data without them.
+    """
+    meta = read_meta(checkpoint)
+    cfg, cases = meta.train_config, list(meta.data.train_cases)
+    if cfg is None or not cases:
+        raise DataError(f"{checkpoint}: no recorded training run to take validation slices from")
+    data = open_prepared(data_root)
+    missing = sorted(set(cases) - set(data.case_ids))
+    if missing:
+        raise DataError(f"{checkpoint}: training case {missing[0]!r} is not in the data")
+    _, val_items = split_validation(
+        data, cases, fraction=cfg.val_fraction, by=cfg.val_by, seed=cfg.seed
+    )
+    if not val_items:
+        raise DataError(f"{checkpoint}: its run held out no validation slices")
+    images, truth = _stack(data, val_items)
+    dev = resolve_device(device)
+    return _choose_postprocessing(Path(checkpoint), images, truth, cfg, dev, framing=framing)
+
+
 def _choose_postprocessing(
-    side: Path, images: np.ndarray, truth: np.ndarray, cfg: TrainConfig, device: torch.device
-) -> None:
-    """Select the checkpoint's post-processing on the validation slices; record it."""
+    side: Path,
+    images: np.ndarray,
+    truth: np.ndarray,
+    cfg: TrainConfig,
+    device: torch.device,
+    framing: str | None = None,
+) -> CheckpointMeta:
+    """Select the checkpoint's post-processing on the validation slices (with ``framing``, or
+    the checkpoint's); record both in one write."""
     model, meta = load_checkpoint(side, device=device)
-    lung, inf = _probabilities(model, images, meta.preprocessing, cfg.batch_size, device)
+    pre = meta.preprocessing
+    if framing is not None:
+        pre = dataclasses.replace(pre, framing=framing)
+    lung, inf = _probabilities(model, images, pre, cfg.batch_size, device)
     sel = select_postprocessing(
         [Item(lung, inf, truth)],
         meta.preprocessing.size,
@@ -329,10 +386,12 @@ def _choose_postprocessing(
         lung_margins=cfg.lung_margin_candidates,
     )
     metrics = {**meta.metrics, "val_dice_postprocessed": sel.dice}
-    update_meta(
+    updated = update_meta(
         side,
+        preprocessing=pre,
         postprocessing=sel.postprocessing,
         metrics=metrics,
         postprocessing_source=f"chosen on {sel.n_slices} validation slices",
     )
     log.info("%s: post-processing %s (val Dice %.4f)", side, sel.postprocessing, sel.dice)
+    return updated
