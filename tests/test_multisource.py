@@ -164,7 +164,7 @@ def test_cv_over_two_datasets_reports_each(two_sources, tmp_path, capsys):
     args = ["cv", "--data", str(a), str(b), "--out", str(cv), "--folds", "2", "--repeats", "1"]
     args += ["--preset", "small", "--epochs", "1", "--batch-size", "4", "--device", "cpu"]
     args += ["--sampling", "sources", "--derived-lung-weight", "0.5", "--no-augment"]
-    args += ["--robustness", "--augmentation", "robust"]
+    args += ["--robustness", "--augmentation", "robust", "--framing", "lungs"]
     # the tiny phantoms train the small preset in seconds at 32 px
     assert main([*args, "--patience", "0"]) == 0
     folds = json.loads((cv / "splits.json").read_text())["folds"]
@@ -175,6 +175,7 @@ def test_cv_over_two_datasets_reports_each(two_sources, tmp_path, capsys):
     meta = json.loads((cv / "fold0_rep0" / "last.json").read_text())
     assert " + " in meta["data"]["root"]
     assert meta["train_config"]["sampling"] == "sources"
+    assert meta["preprocessing"]["framing"] == "lungs"  # validated so, and segment frames so
     assert main(["report", str(cv), "--no-panels"]) == 0
     report = json.loads((cv / "report.json").read_text())
     assert set(report["sources"]) == {"vol", "pics"}
