@@ -129,6 +129,21 @@ def test_lungs_too_small_for_the_scout_get_a_look_at_their_box():
     framed_probabilities(net, slice_with_lungs(128, 128, 1.0)[None], S, "lungs")
     assert len(net.inputs) == 2
 
+    class FillsTheScout(BlobNet):  # the scout sees lungs in the whole frame, the look does not
+        def __call__(self, x: np.ndarray) -> Probabilities:
+            probs = super().__call__(x)
+            if x.shape[-1] < S:
+                probs.lung[...] = 1.0  # type: ignore[index]
+            return probs
+
+    # a scout that takes the whole frame for lung (an equalised picture at 128^2 can fool it):
+    # the whole-slice look finds the real lungs, and the lesion is looked at in their box
+    net = FillsTheScout()
+    x = slice_with_lungs(128, 128, 0.45)[None]
+    found = framed_probabilities(net, x, S, "lungs").infection > 0.5
+    assert [a.shape[-1] for a in net.inputs] == [S // 2, S, S]
+    assert (found & (x > 0.8)).sum() >= 0.5 * (x > 0.8).sum()
+
 
 def test_lungs_framing_is_per_slice_and_skips_slices_without_lungs():
     x = np.stack([slice_with_lungs(80, 80, s) for s in (0.45, 0.7)] + [np.zeros((80, 80))])

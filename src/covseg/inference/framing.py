@@ -11,13 +11,14 @@ times):
    :data:`SCOUT_LUNG_THRESHOLD`) plus :data:`MARGIN` of the slice's side on each border, of the
    slice's aspect ratio (pixels stay square) and at least :data:`MIN_SCALE` of each side (a
    magnification of at most ``1 / MIN_SCALE``, the largest zoom of the robust training
-   profile), cut from the slice at its own resolution and resized to ``S x S``. Where the scout found no lungs, or the box is the
-   whole slice, the look is at the whole slice, exactly as with ``framing="full"``;
-3. where that whole-slice look finds lungs after all (probability above
-   :data:`LUNG_THRESHOLD`; lungs too small for the scout, in a zoomed-out frame), one more
-   look, at their box.
+   profile), cut from the slice at its own resolution and resized to ``S x S``. Where the
+   scout found no lungs, or the box is the whole slice, the look is at the whole slice,
+   exactly as with ``framing="full"``;
+3. where that whole-slice look finds lungs in a smaller box (probability above
+   :data:`LUNG_THRESHOLD`; lungs too small for the scout in a zoomed-out frame, or a scout
+   that took much of an equalised picture for lung), one more look, at their box.
 
-Every slice thus gets one full-size look (rarely two); inside a box the look's probabilities
+Every slice thus gets one full-size look (some two); inside a box the look's probabilities
 replace those underneath, which are the scout's (or the whole-slice look's). Outside the box
 the scout found no lung, so the lung-gated infection there is about 0. Each slice is framed on
 its own, so the result does not depend on how slices are batched. ``framing="full"`` is one
@@ -166,8 +167,9 @@ def framed_probabilities(
     whole = (0, hw[0], 0, hw[1])
     found = lung_boxes(scout.lung, hw, SCOUT_LUNG_THRESHOLD)
     look = _looks(predict, images01, [b or whole for b in found], size)
-    # Where the scout found no lungs, the look was at the whole slice; lungs found there were
-    # too small for the scout (a zoomed-out frame): one more look, at their box.
+    # Where the scout found no lungs, or lungs all over the frame (an equalised picture can look
+    # like that at 128^2), the look was at the whole slice; where that look finds lungs in a
+    # smaller box, one more look at it.
     missed = [i for i, b in enumerate(found) if b is None]
     again = lung_boxes(look.lung[missed], hw) if missed else []  # type: ignore[index]
     redo = [(i, b) for i, b in zip(missed, again, strict=True) if b is not None]
@@ -198,7 +200,7 @@ def _looks(
     boxes: list[tuple[int, int, int, int]],
     size: int,
 ) -> Probabilities:
-    """The network's probabilities (at ``size``) of each slice's box, cut and resized to ``size``."""
+    """The network's probabilities (at ``size``) of each slice's box, cut and resized."""
     crops = np.empty((len(boxes), size, size), dtype=np.float32)
     for i, (r0, r1, c0, c1) in enumerate(boxes):
         crops[i] = resize_slices(images01[i : i + 1, r0:r1, c0:c1], size, mask=False)[0]
