@@ -108,7 +108,8 @@ def lung_boxes(
     """Per slice, the crop of the look in ``shape_hw`` pixels, or ``None``.
 
     Args:
-        lung: ``(N, s, s)`` lung probabilities of the scout (any grid side ``s``).
+        lung: ``(N, s, s)`` lung probabilities of the scout or of a whole-slice look (any
+            grid side ``s``).
         shape_hw: the slices' own ``(H, W)``.
         threshold: lung probability above which a pixel counts as lung.
 

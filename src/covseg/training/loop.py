@@ -381,7 +381,7 @@ def _choose_postprocessing(
     lung, inf = _probabilities(model, images, pre, cfg.batch_size, device)
     sel = select_postprocessing(
         [Item(lung, inf, truth)],
-        meta.preprocessing.size,
+        pre.size,
         min_components=cfg.min_component_candidates,
         lung_margins=cfg.lung_margin_candidates,
     )
