@@ -44,7 +44,7 @@ from covseg.models.blocks import fold_batchnorm
 
 SMALL = PRESETS["small"]
 #: The first ``fast`` preset (one-step refinement, 16 wide), the base of the s2d4 candidates.
-S2D4_WIDE = PRESETS["fast"].replace(refine_levels=1, refine_channels=16)
+S2D4_WIDE = PRESETS["fast4"].replace(refine_levels=1, refine_channels=16)
 
 #: name -> (config, what it tries). ``fast`` is the shipped preset.
 ALTERNATIVES: dict[str, tuple[ModelConfig, str]] = {
@@ -79,23 +79,46 @@ ALTERNATIVES: dict[str, tuple[ModelConfig, str]] = {
     ),
     "s2d4_r2w": (
         S2D4_WIDE.replace(refine_levels=2, refine_channels=24),
-        "s2d4_r2 with a 24-wide refinement (= the fast preset)",
+        "s2d4_r2 with a 24-wide refinement (= the fast4 preset)",
     ),
     "s2d4_r2x": (
         S2D4_WIDE.replace(refine_levels=2, refine_channels=32),
         "s2d4_r2 with a 32-wide refinement",
     ),
 }
-if "fast" in PRESETS:
-    ALTERNATIVES["fast"] = (PRESETS["fast"], "the shipped fast preset")
-    ALTERNATIVES["fast_h2"] = (
-        PRESETS["fast"].replace(refine_half_depth=2),
-        "fast with a second 3x3 conv in the H/2 refinement step",
-    )
-    ALTERNATIVES["fast_lr"] = (
-        PRESETS["fast"].replace(lung_refine_channels=16),
-        "fast with the lung logits refined too (two steps, 16 wide)",
-    )
+S2D = ALTERNATIVES["s2d"][0]
+ALTERNATIVES["s2d_pf"] = (
+    S2D.replace(fusion_inputs="paper"),
+    "s2d, the fusion block fed [image, infection probability] only (the paper's inputs)",
+)
+ALTERNATIVES["s2d_r16"] = (S2D.replace(refine_channels=16), "s2d with a 16-wide refinement")
+ALTERNATIVES["s2d_pf_r16"] = (
+    S2D.replace(fusion_inputs="paper", refine_channels=16),
+    "s2d_pf with a 16-wide refinement",
+)
+ALTERNATIVES["conv_pf_r16"] = (
+    ALTERNATIVES["conv"][0].replace(fusion_inputs="paper", refine_channels=16),
+    "s2d_pf_r16 with the stride-2 3x3 conv stem (16 ch, learned) instead of space-to-depth",
+)
+ALTERNATIVES["s2d_thin"] = (
+    S2D.replace(
+        encoder_channels=(12, 32, 64, 96, 160),
+        lung_decoder_channels=(8, 12, 24, 32, 48),
+        infection_decoder_channels=(12, 24, 48, 80, 128),
+        fusion_channels=(12, 16, 8),
+    ),
+    "s2d with 12-wide H/2 levels (encoder, infection decoder, fusion) and a 12-wide lung level 1",
+)
+ALTERNATIVES["fast"] = (PRESETS["fast"], "the fast preset (= conv_pf_r16)")
+ALTERNATIVES["fast4"] = (PRESETS["fast4"], "the fast4 preset (= s2d4_r2w; the shipped model)")
+ALTERNATIVES["fast_h2"] = (
+    PRESETS["fast4"].replace(refine_half_depth=2),
+    "fast4 with a second 3x3 conv in the H/2 refinement step",
+)
+ALTERNATIVES["fast_lr"] = (
+    PRESETS["fast4"].replace(lung_refine_channels=16),
+    "fast4 with the lung logits refined too (two steps, 16 wide)",
+)
 
 
 def basic_unet() -> torch.nn.Module:

@@ -60,7 +60,7 @@ TARGET_INFER_OF_PEAK = 0.5
 TARGET_CONDITIONS = {"size": 256, "batch": 8, "threads": 2}  # where the model targets are defined
 
 # Our presets, in table order; a preset missing from covseg.config.PRESETS is skipped.
-OUR_PRESETS = ("fast", "small", "paper")
+OUR_PRESETS = ("fast", "fast4", "small", "paper")
 REFERENCE = "monai_basicunet"  # every ratio is against this model, measured in the same run
 PEERS = ("monai_basicunet", "monai_unet")
 

@@ -27,7 +27,7 @@ THREADS=${THREADS:-0}
 STEPS=${STEPS:-"cv final ship"}
 cs=".venv/bin/covseg"
 py=".venv/bin/python"
-RECIPE="--preset fast --augmentation robust --sampling sources --derived-lung-weight 0.5
+RECIPE="--preset fast4 --augmentation robust --sampling sources --derived-lung-weight 0.5
     --epochs $EPOCHS --batch-size 4 --lr 2e-3 --dice-loss 1 --dice-mode slice --patience 0 --device auto
     --threads $THREADS"
 SETS="prepared/medseg100 prepared/zenodo10"

@@ -10,12 +10,12 @@ data=$1; runs=$2; epochs=$3; threads=$4; shift 4
 recipe="--folds 5 --repeats 3 --epochs $epochs --patience 0 --batch-size 4 --lr 2e-3 --dice-loss 1"
 row_flags() {
   case $1 in
-    fast)           echo "--preset fast --lung-gate soft" ;;
-    fast_binary)    echo "--preset fast --lung-gate binary" ;;
-    fast_noinc)     echo "--preset fast --lung-gate soft --no-inception" ;;
-    fast_nogate)    echo "--preset fast --no-lung-gate" ;;
-    fast_noaux)     echo "--preset fast --lung-gate soft --no-deep-supervision" ;;
-    unet_fast)      echo "--preset fast --model unet" ;;
+    fast)           echo "--preset fast4 --lung-gate soft" ;;
+    fast_binary)    echo "--preset fast4 --lung-gate binary" ;;
+    fast_noinc)     echo "--preset fast4 --lung-gate soft --no-inception" ;;
+    fast_nogate)    echo "--preset fast4 --no-lung-gate" ;;
+    fast_noaux)     echo "--preset fast4 --lung-gate soft --no-deep-supervision" ;;
+    unet_fast)      echo "--preset fast4 --model unet" ;;
     small)          echo "--preset small --lung-gate soft" ;;
     unet_small)     echo "--preset small --model unet" ;;
     paper_binary)   echo "--preset paper --lung-gate binary" ;;

@@ -20,8 +20,8 @@ TINY = PRESETS["small"].replace(
     infection_decoder_channels=(8, 8, 12, 16, 20),
     fusion_channels=(8, 8, 4),
 )
-# The same widths with the fast preset's structure (stem, half-resolution levels, refinement).
-FAST_TINY = PRESETS["fast"].replace(
+# The same widths with the fast4 preset's structure (4x4 stem, H/4 levels, two-step refinement).
+FAST_TINY = PRESETS["fast4"].replace(
     encoder_channels=(8, 12, 16, 20, 24),
     lung_decoder_channels=(4, 8, 8, 12, 16),
     infection_decoder_channels=(8, 8, 12, 16, 20),
@@ -30,7 +30,21 @@ FAST_TINY = PRESETS["fast"].replace(
 )
 # ... with the options of the refinement: lung logits refined too, two layers at H/2.
 FAST_TINY_LR = FAST_TINY.replace(lung_refine_channels=4, refine_half_depth=2)
-CONFIGS = {"tiny": TINY, "fast_tiny": FAST_TINY, "fast_tiny_lr": FAST_TINY_LR}
+# ... and with the fast preset's (learned stride-2 conv stem, H/2 levels, paper fusion inputs).
+CONV_TINY = PRESETS["fast"].replace(
+    encoder_channels=(8, 12, 16, 20, 24),
+    lung_decoder_channels=(4, 8, 8, 12, 16),
+    infection_decoder_channels=(8, 8, 12, 16, 20),
+    fusion_channels=(8, 8, 4),
+    stem_channels=8,
+    refine_channels=4,
+)
+CONFIGS = {
+    "tiny": TINY,
+    "fast_tiny": FAST_TINY,
+    "fast_tiny_lr": FAST_TINY_LR,
+    "conv_tiny": CONV_TINY,
+}
 
 
 @pytest.mark.parametrize("cfg", sorted(CONFIGS))
@@ -246,13 +260,15 @@ def test_shipped_checkpoint_is_a_preset_whose_state_dict_is_unchanged():
     assert all(got[k].shape == expected[k].shape for k in got)
 
 
-def test_fast_preset_structure_and_size():
-    """Nothing heavy at full resolution: the stem reduces the input before any inception block."""
-    cfg = PRESETS["fast"]
+@pytest.mark.parametrize("preset, divisor, side", [("fast", 32, 32), ("fast4", 64, 16)])
+def test_fast_preset_structure_and_size(preset, divisor, side):
+    """Nothing heavy at full resolution: the stem reduces the input before any inception block
+    (to H/2 for ``fast``, H/4 for ``fast4``)."""
+    cfg = PRESETS[preset]
     assert cfg.stem != "none"
     net = build_model(cfg)
     assert count_parameters(net) <= 2_000_000
-    assert net.divisor == 64
+    assert net.divisor == divisor
     seen = {}
 
     def record(name):
@@ -266,7 +282,7 @@ def test_fast_preset_structure_and_size():
             m.register_forward_hook(record(name))
     with torch.no_grad():
         out = net.eval()(torch.zeros(1, 1, 64, 64))
-    assert len(seen) == 4 and max(seen.values()) == 16  # encoder, 2 decoders, fusion at H/4
+    assert len(seen) == 4 and max(seen.values()) == side  # encoder, 2 decoders, fusion
     assert all(t.shape == (1, 1, 64, 64) for t in out)
 
 
@@ -294,10 +310,11 @@ def test_refinement_options_are_checked(field, value):
         FAST_TINY.replace(**{field: value})
 
 
+@pytest.mark.parametrize("cfg", ["fast_tiny", "conv_tiny"])
 @pytest.mark.parametrize("model", ["bifurcated", "unet"])
-def test_fast_receptive_field_reaches_40_px(model):
+def test_fast_receptive_field_reaches_40_px(model, cfg):
     """The final infection logit at the centre depends on pixels >= 40 px away."""
-    net = build_model(FAST_TINY.replace(model=model, dropout=0.0)).eval()
+    net = build_model(CONFIGS[cfg].replace(model=model, dropout=0.0)).eval()
     for m in net.modules():  # a positive BN shift keeps every ReLU passing gradient
         if isinstance(m, torch.nn.BatchNorm2d):
             torch.nn.init.constant_(m.bias, 10.0)
@@ -306,6 +323,14 @@ def test_fast_receptive_field_reaches_40_px(model):
     ys, xs = (x.grad[0, 0].abs() > 0).nonzero(as_tuple=True)
     reach = int(torch.maximum((ys - 64).abs(), (xs - 64).abs()).max())
     assert reach >= 40
+
+
+def test_shipped_model_is_the_fast4_preset():
+    """``covseg model-info --preset fast4`` describes the architecture of the shipped model."""
+    from covseg.checkpoint import load_checkpoint
+
+    _, meta = load_checkpoint("pretrained")
+    assert meta.model_config == PRESETS["fast4"]
 
 
 def test_fast_model_info_json(capsys):
@@ -317,7 +342,8 @@ def test_fast_model_info_json(capsys):
     assert info["outputs"] == {k: [1, 1, 256, 256] for k in ("lung", "infection_aux", "infection")}
 
 
-def test_fast_overfits_one_synthetic_slice():
+@pytest.mark.parametrize("cfg", ["fast_tiny", "conv_tiny"])
+def test_fast_overfits_one_synthetic_slice(cfg):
     """The half-resolution network with its full-resolution refinement still learns a slice."""
     from covseg.data.preprocess import normalize_intensity
     from covseg.data.synthetic import make_phantom
@@ -328,11 +354,13 @@ def test_fast_overfits_one_synthetic_slice():
     x = torch.from_numpy(normalize_intensity(hu[..., k], "hu"))[None, None].float()
     y_lung = torch.from_numpy(lung[..., k] > 0)[None, None].float()
     y_inf = torch.from_numpy(inf[..., k] > 0)[None, None].float()
-    assert _overfit_dice(FAST_TINY, x, y_lung, y_inf) > 0.9
+    assert _overfit_dice(CONFIGS[cfg], x, y_lung, y_inf) > 0.9
 
 
-def test_fast_onnx_export_matches_torch(tmp_path):
-    """The stem (space-to-depth), bilinear up-sampling and refinement export to ONNX."""
+@pytest.mark.parametrize("cfg", ["fast_tiny", "conv_tiny"])
+def test_fast_onnx_export_matches_torch(tmp_path, cfg):
+    """The stems (space-to-depth, strided conv), bilinear up-sampling and refinement export to
+    ONNX."""
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     import numpy as np
@@ -348,7 +376,7 @@ def test_fast_onnx_export_matches_torch(tmp_path):
             return tuple(self.net(x))
 
     torch.manual_seed(0)
-    wrapped = Heads(fold_batchnorm(build_model(FAST_TINY).eval())).eval()
+    wrapped = Heads(fold_batchnorm(build_model(CONFIGS[cfg]).eval())).eval()
     path = tmp_path / "fast.onnx"
     names = ["lung", "infection_aux", "infection"]
     with warnings.catch_warnings():
