@@ -13,32 +13,20 @@ from covseg.evaluation.metrics import dice
 from covseg.models import InceptionBlock, SegOutput, build_model, count_parameters
 from covseg.training.losses import BifurcatedLoss
 
-# A narrow config that keeps every structural feature, for fast tests.
-TINY = PRESETS["small"].replace(
-    encoder_channels=(8, 12, 16, 20, 24),
-    lung_decoder_channels=(4, 8, 8, 12, 16),
-    infection_decoder_channels=(8, 8, 12, 16, 20),
-    fusion_channels=(8, 8, 4),
-)
+# Narrow widths that keep every structural feature, for fast tests.
+TINY_WIDTHS = {
+    "encoder_channels": (8, 12, 16, 20, 24),
+    "lung_decoder_channels": (4, 8, 8, 12, 16),
+    "infection_decoder_channels": (8, 8, 12, 16, 20),
+    "fusion_channels": (8, 8, 4),
+}
+TINY = PRESETS["small"].replace(**TINY_WIDTHS)
 # The same widths with the fast4 preset's structure (4x4 stem, H/4 levels, two-step refinement).
-FAST_TINY = PRESETS["fast4"].replace(
-    encoder_channels=(8, 12, 16, 20, 24),
-    lung_decoder_channels=(4, 8, 8, 12, 16),
-    infection_decoder_channels=(8, 8, 12, 16, 20),
-    fusion_channels=(8, 8, 4),
-    refine_channels=4,
-)
+FAST_TINY = PRESETS["fast4"].replace(**TINY_WIDTHS, refine_channels=4)
 # ... with the options of the refinement: lung logits refined too, two layers at H/2.
 FAST_TINY_LR = FAST_TINY.replace(lung_refine_channels=4, refine_half_depth=2)
 # ... and with the fast preset's (learned stride-2 conv stem, H/2 levels, paper fusion inputs).
-CONV_TINY = PRESETS["fast"].replace(
-    encoder_channels=(8, 12, 16, 20, 24),
-    lung_decoder_channels=(4, 8, 8, 12, 16),
-    infection_decoder_channels=(8, 8, 12, 16, 20),
-    fusion_channels=(8, 8, 4),
-    stem_channels=8,
-    refine_channels=4,
-)
+CONV_TINY = PRESETS["fast"].replace(**TINY_WIDTHS, stem_channels=8, refine_channels=4)
 CONFIGS = {
     "tiny": TINY,
     "fast_tiny": FAST_TINY,
