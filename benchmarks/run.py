@@ -63,6 +63,9 @@ TARGET_CONDITIONS = {"size": 256, "batch": 8, "threads": 2}  # where the model t
 OUR_PRESETS = ("fast", "fast4", "small", "paper")
 REFERENCE = "monai_basicunet"  # every ratio is against this model, measured in the same run
 PEERS = ("monai_basicunet", "monai_unet")
+# Measured in the first round only: one training step of `paper` takes ~25 s on 2 CPU cores,
+# and none of the targets rests on it.
+MEASURED_ONCE = ("paper",)
 
 
 # ------------------------------------------------------------------------------ settings
@@ -74,6 +77,7 @@ def settings(quick: bool) -> dict[str, Any]:
             "batch": 2,
             "warmup": 1,
             "iters": 2,
+            "rounds": 1,
             "matmul_n": 1024,
             "segment_shape": (128, 128, 24),
             "segment_runs": 1,
@@ -87,6 +91,7 @@ def settings(quick: bool) -> dict[str, Any]:
         "batch": 8,
         "warmup": 2,
         "iters": 5,
+        "rounds": 3,
         "matmul_n": 4096,
         "segment_shape": (512, 512, 300),
         "segment_runs": 3,
@@ -385,14 +390,44 @@ def _measure(
     return r
 
 
+def _median_of_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One model's row from its interleaved rounds: the median of each figure over the rounds.
+
+    The ratio is the median of the per-round ratios (each against the BasicUNet measurements
+    right around that round's measurement), not a ratio of medians; every round's figures are
+    kept under ``"rounds"``.
+    """
+    entry = dict(rounds[0])
+    for k in ("train", "infer"):
+        for key in (
+            f"{k}_slices_per_s",
+            f"{k}_reference_slices_per_s",
+            f"{k}_speedup_vs_{REFERENCE}",
+        ):
+            entry[key] = round(statistics.median(r[key] for r in rounds), 3)
+        entry.pop(f"{k}_step", None)
+    entry["rounds"] = [
+        {
+            key: r[key]
+            for k in ("train", "infer")
+            for key in (f"{k}_slices_per_s", f"{k}_speedup_vs_{REFERENCE}", f"{k}_step")
+        }
+        for r in rounds
+    ]
+    return entry
+
+
 def section_models(cfg: dict, devices: list[str], peak: dict[str, Any]) -> dict[str, Any]:
     """Throughput of every model, and its ratio to BasicUNet measured right around it.
 
     Interleaved: ``R0, M1, R1, M2, R2, ...`` where ``R`` is a BasicUNet measurement and ``Mi``
     every other model in turn; the ratio of ``Mi`` is its slices/s over the mean of ``R(i-1)``
     and ``Ri`` (the BasicUNet figures just before and just after it), so a machine that speeds
-    up or slows down over minutes shifts both sides of a ratio alike. BasicUNet's own row is the
-    mean of all its measurements (ratio 1 by definition); their spread is reported.
+    up or slows down over minutes shifts both sides of a ratio alike. The sequence is repeated
+    ``cfg["rounds"]`` times (``MEASURED_ONCE`` models only in the first) and each row is the
+    median over its rounds (``_median_of_rounds``): on a shared VM one bracket can be off by 2x.
+    BasicUNet's own row is the mean of all its measurements (ratio 1 by definition); their
+    spread is reported.
     """
     results: dict[str, Any] = {"batch": cfg["batch"], "size": cfg["size"], "devices": {}}
     flops: dict[str, dict[str, float]] = {}
@@ -409,15 +444,21 @@ def section_models(cfg: dict, devices: list[str], peak: dict[str, Any]) -> dict[
 
         args = (device, cfg, amp, peer_fmt, dev_key)
         refs = [_measure(REFERENCE, *args)]
-        per_model: dict[str, Any] = {}
-        for name in (n for n in names if n != REFERENCE):
-            entry = _measure(name, *args)
-            refs.append(_measure(REFERENCE, *args))
-            for k in ("train", "infer"):
-                ref = (refs[-2][f"{k}_slices_per_s"] + refs[-1][f"{k}_slices_per_s"]) / 2
-                entry[f"{k}_reference_slices_per_s"] = round(ref, 3)
-                entry[f"{k}_speedup_vs_{REFERENCE}"] = round(entry[f"{k}_slices_per_s"] / ref, 3)
-            per_model[name] = entry
+        rounds: dict[str, list[dict[str, Any]]] = {n: [] for n in names if n != REFERENCE}
+        for rnd in range(cfg["rounds"]):
+            for name in rounds:
+                if rnd and name in MEASURED_ONCE:
+                    continue
+                entry = _measure(name, *args)
+                refs.append(_measure(REFERENCE, *args))
+                for k in ("train", "infer"):
+                    ref = (refs[-2][f"{k}_slices_per_s"] + refs[-1][f"{k}_slices_per_s"]) / 2
+                    entry[f"{k}_reference_slices_per_s"] = round(ref, 3)
+                    entry[f"{k}_speedup_vs_{REFERENCE}"] = round(
+                        entry[f"{k}_slices_per_s"] / ref, 3
+                    )
+                rounds[name].append(entry)
+        per_model: dict[str, Any] = {name: _median_of_rounds(rs) for name, rs in rounds.items()}
         ref_entry = dict(refs[-1])
         for k in ("train", "infer"):
             vals = [r[f"{k}_slices_per_s"] for r in refs]
@@ -782,9 +823,22 @@ def markdown(res: dict[str, Any]) -> str:
                 f"× BasicUNet: the model's slices/s over the mean of the BasicUNet measurements "
                 f"just before and just after it (interleaved, {len(tr)} BasicUNet measurements: "
                 f"train {min(tr):.2f}–{max(tr):.2f}, infer {min(inf):.2f}–{max(inf):.2f} sl/s; "
-                f"its row is their mean).",
+                f"its row is their mean). Rows are medians over {res['settings']['rounds']} "
+                f"rounds of the whole sequence"
+                + (f" ({', '.join(MEASURED_ONCE)}: one)" if res["settings"]["rounds"] > 1 else "")
+                + "; the ratios of every round:",
                 "",
             ]
+            for name, e in per.items():
+                rs = e.get("rounds") or []
+                if len(rs) > 1:
+                    lines.append(
+                        f"- {name}: train "
+                        + ", ".join(f"{r[f'train_speedup_vs_{REFERENCE}']:.2f}" for r in rs)
+                        + "; infer "
+                        + ", ".join(f"{r[f'infer_speedup_vs_{REFERENCE}']:.2f}" for r in rs)
+                    )
+            lines.append("")
     seg = res.get("segment")
     if seg:
         lines += [
@@ -863,7 +917,14 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
                     "measured": "- (no fast preset)"
                     if e is None
                     else f"{ratio:.2f}× ({e[f'{k}_slices_per_s']:.2f} vs "
-                    f"{e[f'{k}_reference_slices_per_s']:.2f} sl/s)"
+                    f"{e[f'{k}_reference_slices_per_s']:.2f} sl/s"
+                    + (
+                        "; rounds "
+                        + ", ".join(f"{r[f'{k}_speedup_vs_{REFERENCE}']:.2f}" for r in rs)
+                        + ")"
+                        if len(rs := e.get("rounds") or []) > 1
+                        else ")"
+                    )
                     + (
                         ""
                         if at_conditions
@@ -941,6 +1002,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "reference processes",
     )
     p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="times the interleaved model sequence is repeated; rows are medians (default: 3, "
+        "--quick 1)",
+    )
+    p.add_argument(
         "--segment-tta",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -962,6 +1030,10 @@ def main(argv: list[str] | None = None) -> int:
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     devices = ["cpu", "cuda", "cuda-bf16"] if cuda else ["cpu"]
     cfg = settings(args.quick)
+    if args.rounds is not None:
+        if args.rounds < 1:
+            raise SystemExit(f"--rounds {args.rounds}: must be at least 1")
+        cfg["rounds"] = args.rounds
     res: dict[str, Any] = {
         "quick": args.quick,
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
