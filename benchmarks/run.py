@@ -417,6 +417,11 @@ def _median_of_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return entry
 
 
+def _per_round(entry: dict[str, Any], k: str) -> str:
+    """``"3.27, 3.38, 1.90"``: the ``k`` ("train"/"infer") ratio of every round of one row."""
+    return ", ".join(f"{r[f'{k}_speedup_vs_{REFERENCE}']:.2f}" for r in entry.get("rounds") or [])
+
+
 def section_models(cfg: dict, devices: list[str], peak: dict[str, Any]) -> dict[str, Any]:
     """Throughput of every model, and its ratio to BasicUNet measured right around it.
 
@@ -830,13 +835,9 @@ def markdown(res: dict[str, Any]) -> str:
                 "",
             ]
             for name, e in per.items():
-                rs = e.get("rounds") or []
-                if len(rs) > 1:
+                if len(e.get("rounds") or []) > 1:
                     lines.append(
-                        f"- {name}: train "
-                        + ", ".join(f"{r[f'train_speedup_vs_{REFERENCE}']:.2f}" for r in rs)
-                        + "; infer "
-                        + ", ".join(f"{r[f'infer_speedup_vs_{REFERENCE}']:.2f}" for r in rs)
+                        f"- {name}: train {_per_round(e, 'train')}; infer {_per_round(e, 'infer')}"
                     )
             lines.append("")
     seg = res.get("segment")
@@ -918,13 +919,7 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
                     if e is None
                     else f"{ratio:.2f}× ({e[f'{k}_slices_per_s']:.2f} vs "
                     f"{e[f'{k}_reference_slices_per_s']:.2f} sl/s"
-                    + (
-                        "; rounds "
-                        + ", ".join(f"{r[f'{k}_speedup_vs_{REFERENCE}']:.2f}" for r in rs)
-                        + ")"
-                        if len(rs := e.get("rounds") or []) > 1
-                        else ")"
-                    )
+                    + (f"; rounds {_per_round(e, k)})" if len(e.get("rounds") or []) > 1 else ")")
                     + (
                         ""
                         if at_conditions

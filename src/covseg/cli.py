@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from covseg._version import __version__
-from covseg.config import FRAMINGS, INTENSITY_RULES, ROBUSTNESS_VARIANTS
+from covseg.config import FRAMINGS, INTENSITY_RULES, PRESETS, ROBUSTNESS_VARIANTS
 from covseg.errors import CovsegError
 
 __all__ = ["main"]
@@ -33,7 +33,7 @@ Runner = Callable[[argparse.Namespace], int]
 # --------------------------------------------------------------------------- model-info
 def _add_model_info(sub: argparse._SubParsersAction) -> Runner:
     p = sub.add_parser("model-info", help="build a model, run one forward pass, print its size")
-    p.add_argument("--preset", choices=["paper", "small", "fast", "fast4"], default="small")
+    p.add_argument("--preset", choices=list(PRESETS), default="small")
     p.add_argument("--model", choices=["bifurcated", "unet"], default="bifurcated")
     p.add_argument("--size", type=int, default=256, help="input side length (default 256)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON only")
@@ -153,7 +153,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
         "NAME/ID, folds stratified by dataset",
     )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--preset", choices=["paper", "small", "fast", "fast4"], default="small")
+    p.add_argument("--preset", choices=list(PRESETS), default="small")
     p.add_argument("--model", choices=["bifurcated", "unet"], default="bifurcated")
     p.add_argument("--lung-gate", choices=["binary", "soft"], help="override the preset's gate")
     p.add_argument("--no-lung-gate", action="store_true", help="ablation: no lung gating")

@@ -245,10 +245,9 @@ PRESETS["fast4"] = PRESETS["small"].replace(
 # paper's inputs only ([image, infection probability], gated; not the decoder and encoder
 # features of the authors' code, which at H/2 cost more than they gave) and a 16-wide
 # full-resolution refinement. MedSeg 5-fold CV with the guard's recipe, out-of-fold last-epoch
-# per-slice / pooled Dice over three seeds 0.665 / 0.715 (`small` 0.676 / 0.718 over three,
-# `fast4` 0.649 / 0.710 over four); the same with a space-to-depth stem (`s2d_pf_r16`) 0.658 /
-# 0.710 over three: the learned stem narrows the gap most (0.011, the guard allows 0.01). README, "The `fast` preset";
-# candidates in benchmarks/fast_alternatives.py.
+# per-slice / pooled Dice over five seeds 0.669 / 0.717 (`small` 0.676 / 0.719 over three:
+# within the guard's 0.01; `fast4` 0.643 / 0.701). docs/fast_preset.md has every candidate;
+# their configs are in benchmarks/fast_alternatives.py.
 PRESETS["fast"] = PRESETS["small"].replace(stem="conv", fusion_inputs="paper", refine_channels=16)
 
 
