@@ -120,6 +120,56 @@ def test_comparison_refuses_rows_on_different_folds(tmp_path):
         compare_runs([a, a], tmp_path / "cmp")
 
 
+def _two_source_folder(root: Path, dice: dict[str, list[float]]) -> Path:
+    """A fake cv over datasets ``m`` and ``z``: per fold one test slice of each, Dice given."""
+    test = [[f"m/p{k}", f"z/p{k}"] for k in range(3)]
+    root.mkdir(parents=True)
+    folds = [{"fold": k, "train": [], "test": t} for k, t in enumerate(test)]
+    (root / "splits.json").write_text(json.dumps({"seed": 0, "folds": folds}))
+    for f, cases in enumerate(test):
+        (root / f"fold{f}_rep0").mkdir()
+        record = {
+            "postprocessing": {"threshold": 0.5},
+            "cases": cases,
+            "counts": [_dice_counts(dice[c[0]][f]) for c in cases],
+            "kinds": {c: "slice" for c in cases},
+        }
+        (root / f"fold{f}_rep0" / "test_metrics.json").write_text(json.dumps(record))
+    return root
+
+
+def test_comparison_per_dataset_shows_a_gain_on_one_source_and_a_loss_on_the_other(tmp_path):
+    da = {"m": [0.6, 0.7, 0.8], "z": [0.5, 0.5, 0.5]}
+    db = {"m": [0.7, 0.8, 0.9], "z": [0.4, 0.45, 0.3]}
+    a = _two_source_folder(tmp_path / "a", da)
+    b = _two_source_folder(tmp_path / "b", db)
+    out = compare_runs([a, b], tmp_path / "cmp", figure=False)
+    assert set(out["sources"]) == {"m", "z"}
+    dm = out["sources"]["m"]["b"]["per_slice_mean"]["dice"]["paired"]
+    dz = out["sources"]["z"]["b"]["per_slice_mean"]["dice"]["paired"]
+    assert (dm["wins"], dm["losses"], dz["wins"], dz["losses"]) == (3, 0, 0, 3)
+    hand = {
+        s: np.mean(
+            [_dice(_dice_counts(db[s][f])) - _dice(_dice_counts(da[s][f])) for f in range(3)]
+        )
+        for s in ("m", "z")
+    }
+    assert dm["mean"] == pytest.approx(hand["m"]) and dz["mean"] == pytest.approx(hand["z"])
+    # all slices together: the mean of the two datasets' slices of each fold
+    both = out["rows"]["b"]["per_slice_mean"]["dice"]["paired"]["mean"]
+    assert both == pytest.approx((hand["m"] + hand["z"]) / 2)
+    md = out["markdown"]
+    assert md.index("## Dataset m") < md.index("## Dataset z")
+    assert f"{hand['z']:+.4f} (0/3)" in md.split("## Dataset z")[1]
+    rows = list(csv.DictReader((tmp_path / "cmp" / "comparison.csv").open()))
+    assert {r["dataset"] for r in rows} == {"all", "m", "z"}
+    # a single-dataset folder has no per-dataset sections
+    c = _cv_folder(tmp_path / "c", {(0, 0): 0.6, (1, 0): 0.7, (2, 0): 0.8})
+    d = _cv_folder(tmp_path / "d", {(0, 0): 0.7, (1, 0): 0.7, (2, 0): 0.7})
+    single = compare_runs([c, d], tmp_path / "cmp2", figure=False)
+    assert single["sources"] == {} and "## Dataset" not in single["markdown"]
+
+
 def test_report_cli_compares_several_folders(tmp_path, capsys):
     a = _cv_folder(tmp_path / "a", {(0, 0): 0.6, (1, 0): 0.7, (2, 0): 0.8})
     b = _cv_folder(tmp_path / "b", {(0, 0): 0.7, (1, 0): 0.75, (2, 0): 0.7})

@@ -12,6 +12,10 @@ difference (row − reference), the wins/losses, and the two-sided Wilcoxon sign
 (:func:`scipy.stats.wilcoxon`, ``zero_method="wilcox"``: zero differences are dropped; exact
 null distribution for small samples). With 5 folds × 1 repeat the smallest possible p is
 0.0625; × 3 repeats, 6e-5 — the test cannot call 5 pairs significant at 0.05.
+
+Folders of a cross-validation over several datasets (``covseg cv --data A B``) get the same
+tables once more per dataset, over its own test slices of each run (as ``covseg report`` gives
+Table 2 per dataset): a recipe may gain on one source and lose on another.
 """
 
 from __future__ import annotations
@@ -28,7 +32,15 @@ import numpy as np
 
 from covseg.checkpoint import read_meta
 from covseg.errors import CovsegError, DataError
-from covseg.evaluation.report import MODES, ROWS, fold_summary, load_runs, run_scores
+from covseg.evaluation.report import (
+    MODES,
+    ROWS,
+    fold_summary,
+    load_runs,
+    run_scores,
+    source_names,
+    source_runs,
+)
 from covseg.files import write_json, write_text
 
 __all__ = ["compare_runs", "format_comparison", "paired_test"]
@@ -129,9 +141,11 @@ def compare_runs(
         figure: draw ``comparison.png`` (per-unit Dice of every row, the same fold joined).
 
     Returns:
-        ``{"markdown", "rows", "reference", "modes"}``; ``rows[name]`` has ``dir``, ``units``,
-        ``settings`` and per mode, per metric: ``folds``, ``mean``, ``std`` and (rows other than
-        the reference) ``paired`` = :func:`paired_test` of the shared units.
+        ``{"markdown", "rows", "reference", "modes", "sources"}``; ``rows[name]`` has ``dir``,
+        ``units``, ``settings`` and per mode, per metric: ``folds``, ``mean``, ``std`` and (rows
+        other than the reference) ``paired`` = :func:`paired_test` of the shared units.
+        ``sources[dataset][name]`` is the same (without ``dir``/``settings``) over that dataset's
+        test slices, for the datasets every folder's cross-validation holds (else ``{}``).
 
     Raises:
         DataError: fewer than two folders, duplicate names, an unknown reference, a folder
@@ -166,14 +180,38 @@ def compare_runs(
         for k in s.kinds.values()
     )
     modes = MODES if volume else ("per_slice_mean", "pooled")
-    units = {n: {m: _unit_scores(loaded[n], m) for m in modes} for n in names}
-    rows: dict[str, Any] = {}
+    rows = _rows(loaded, ref, modes)
     for n, r in zip(names, roots, strict=True):
-        row: dict[str, Any] = {
-            "dir": str(r),
-            "units": sorted([f + 1, rep] for f, rep in units[n][modes[0]]),
-            "settings": _settings(r),
-        }
+        rows[n] = {"dir": str(r), "settings": _settings(r), **rows[n]}
+    named = [set(source_names(runs)) for runs in loaded.values()]
+    sources = sorted(set.intersection(*named)) if all(named) else []
+    result = {
+        "reference": ref,
+        "modes": list(modes),
+        "rows": rows,
+        "sources": {
+            src: _rows({n: source_runs(runs, src) for n, runs in loaded.items()}, ref, modes)
+            for src in sources
+        },
+    }
+    result["markdown"] = format_comparison(result)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "comparison.md", result["markdown"])
+    write_text(out / "comparison.csv", _csv(result))
+    write_json(out / "comparison.json", {k: v for k, v in result.items() if k != "markdown"})
+    if figure:
+        _figure(result, out / "comparison.png")
+    return result
+
+
+def _rows(loaded: dict[str, dict], ref: str, modes: Sequence[str]) -> dict[str, Any]:
+    """Per row: its ``units`` and, per mode and metric, ``folds``/``mean``/``std`` and (rows
+    other than ``ref``) ``paired`` against ``ref`` over the units both have."""
+    units = {n: {m: _unit_scores(runs, m) for m in modes} for n, runs in loaded.items()}
+    rows: dict[str, Any] = {}
+    for n in loaded:
+        row: dict[str, Any] = {"units": sorted([f + 1, rep] for f, rep in units[n][modes[0]])}
         for m in modes:
             per: dict[str, Any] = {}
             for key in METRICS:
@@ -196,16 +234,7 @@ def compare_runs(
                 per[key] = entry
             row[m] = per
         rows[n] = row
-    result = {"reference": ref, "modes": list(modes), "rows": rows}
-    result["markdown"] = format_comparison(result)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "comparison.md", result["markdown"])
-    write_text(out / "comparison.csv", _csv(result))
-    write_json(out / "comparison.json", {k: v for k, v in result.items() if k != "markdown"})
-    if figure:
-        _figure(result, out / "comparison.png")
-    return result
+    return rows
 
 
 def _fmt(x: float, digits: int = 4) -> str:
@@ -225,28 +254,10 @@ def format_comparison(result: dict[str, Any]) -> str:
         "pooled": "Pooled over all test pixels",
     }
     ref = result["reference"]
-    lines = []
-    for m in result["modes"]:
-        head = ["Row", "runs", "epochs", *[LABELS[k] for k in METRICS]]
-        head += ["Δ Dice (W/L)", "p", "Δ IoU", "p"]
-        lines += [f"### {titles[m]}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for name, row in result["rows"].items():
-            cells = [f"{_fmt(row[m][k]['mean'])} ± {_fmt(row[m][k]['std'])}" for k in METRICS]
-            if name == ref:
-                tail = ["reference", "", "", ""]
-            else:
-                d, i = row[m]["dice"]["paired"], row[m]["iou"]["paired"]
-                tail = [
-                    f"{_signed(d['mean'])} ({d['wins']}/{d['losses']})",
-                    _fmt(d["p"], 3),
-                    _signed(i["mean"]),
-                    _fmt(i["p"], 3),
-                ]
-            epochs = row["settings"].get("epochs")
-            first = [name, str(len(row["units"])), "?" if epochs is None else str(epochs)]
-            lines.append("| " + " | ".join([*first, *cells, *tail]) + " |")
-        lines.append("")
-    unit_sets = {tuple(map(tuple, r["units"])) for r in result["rows"].values()}
+    rows = result["rows"]
+    epochs = {n: r["settings"].get("epochs") for n, r in rows.items()}
+    lines = _tables(rows, result["modes"], ref, titles, epochs)
+    unit_sets = {tuple(map(tuple, r["units"])) for r in rows.values()}
     if len(unit_sets) > 1:
         lines += [
             "**The rows do not have the same runs** (the `runs` column): their means are over "
@@ -259,7 +270,42 @@ def format_comparison(result: dict[str, Any]) -> str:
         f"against `{ref}` over the (fold, repeat) runs both rows have, W/L the runs it wins/loses, "
         "p the two-sided Wilcoxon signed-rank test over those runs."
     )
-    return "\n".join(lines) + "\n"
+    for src, src_rows in result.get("sources", {}).items():
+        tables = _tables(src_rows, result["modes"], ref, titles, epochs)
+        lines += ["", f"## Dataset {src}", "", *tables]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _tables(
+    rows: dict[str, Any],
+    modes: Sequence[str],
+    ref: str,
+    titles: dict[str, str],
+    epochs: dict[str, int | None],
+) -> list[str]:
+    """One Markdown table per mode: a line per row, then its paired Δ against ``ref``."""
+    lines: list[str] = []
+    for m in modes:
+        head = ["Row", "runs", "epochs", *[LABELS[k] for k in METRICS]]
+        head += ["Δ Dice (W/L)", "p", "Δ IoU", "p"]
+        lines += [f"### {titles[m]}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for name, row in rows.items():
+            cells = [f"{_fmt(row[m][k]['mean'])} ± {_fmt(row[m][k]['std'])}" for k in METRICS]
+            if name == ref:
+                tail = ["reference", "", "", ""]
+            else:
+                d, i = row[m]["dice"]["paired"], row[m]["iou"]["paired"]
+                tail = [
+                    f"{_signed(d['mean'])} ({d['wins']}/{d['losses']})",
+                    _fmt(d["p"], 3),
+                    _signed(i["mean"]),
+                    _fmt(i["p"], 3),
+                ]
+            ep = epochs.get(name)
+            first = [name, str(len(row["units"])), "?" if ep is None else str(ep)]
+            lines.append("| " + " | ".join([*first, *cells, *tail]) + " |")
+        lines.append("")
+    return lines
 
 
 def _csv(result: dict[str, Any]) -> str:
@@ -267,6 +313,7 @@ def _csv(result: dict[str, Any]) -> str:
     w = csv.writer(buf)
     w.writerow(
         [
+            "dataset",
             "mode",
             "row",
             "metric",
@@ -280,26 +327,29 @@ def _csv(result: dict[str, Any]) -> str:
             "p",
         ]
     )
-    for m in result["modes"]:
-        for name, row in result["rows"].items():
-            for k in METRICS:
-                e = row[m][k]
-                p = e.get("paired") or {}
-                w.writerow(
-                    [
-                        m,
-                        name,
-                        k,
-                        e["mean"],
-                        e["std"],
-                        p.get("n", ""),
-                        p.get("mean", ""),
-                        p.get("std", ""),
-                        p.get("wins", ""),
-                        p.get("losses", ""),
-                        p.get("p", ""),
-                    ]
-                )
+    groups = [("all", result["rows"]), *result.get("sources", {}).items()]
+    for dataset, rows in groups:
+        for m in result["modes"]:
+            for name, row in rows.items():
+                for k in METRICS:
+                    e = row[m][k]
+                    p = e.get("paired") or {}
+                    w.writerow(
+                        [
+                            dataset,
+                            m,
+                            name,
+                            k,
+                            e["mean"],
+                            e["std"],
+                            p.get("n", ""),
+                            p.get("mean", ""),
+                            p.get("std", ""),
+                            p.get("wins", ""),
+                            p.get("losses", ""),
+                            p.get("p", ""),
+                        ]
+                    )
     return buf.getvalue()
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "robustness_table",
     "run_scores",
     "source_names",
+    "source_runs",
 ]
 
 MODES = ("per_slice_mean", "per_volume_mean", "pooled")
@@ -175,11 +176,7 @@ def make_report(cv_dir: str | Path, panels: bool = True) -> dict[str, Any]:
         md += "\n" + format_robustness_table(robust)
     per_source: dict[str, dict[str, Any]] = {}
     for name in source_names(runs):
-        own = {
-            f: {r: sub for r, s in reps.items() if (sub := s.subset(name)).n_items}
-            for f, reps in runs.items()
-        }
-        own = {f: reps for f, reps in own.items() if reps}
+        own = source_runs(runs, name)
         per_source[name] = {
             "tables": {m: _table(own, m) for m in modes},
             "by_lesion_size": lesion_size_rows(own),
@@ -235,6 +232,15 @@ def source_names(runs: dict[int, dict[int, Scores]]) -> list[str]:
     if not names or any(not n for n in names):
         return []
     return sorted({n for ns in names for n in ns})
+
+
+def source_runs(runs: dict[int, dict[int, Scores]], name: str) -> dict[int, dict[int, Scores]]:
+    """The runs restricted to the slices of dataset ``name`` (runs without any dropped)."""
+    own = {
+        f: {r: sub for r, s in reps.items() if (sub := s.subset(name)).n_items}
+        for f, reps in runs.items()
+    }
+    return {f: reps for f, reps in own.items() if reps}
 
 
 def load_robustness(
