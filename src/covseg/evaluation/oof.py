@@ -10,6 +10,8 @@ post-processing is chosen (:func:`ship`).
 A value picked here is picked on the test folds: its score is optimistic and is *not* the
 cross-validated result (that is ``covseg report``'s, each run with its own validated
 post-processing, which :func:`own_scores` reproduces on the same predictions).
+:func:`other_folds_scores` estimates the rule honestly: each run's test cases scored with the
+post-processing selected on the *other* runs' out-of-fold predictions.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 
 from covseg.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from covseg.config import PostProcessing, to_dict
-from covseg.data.dataset import PreparedDataset
+from covseg.data.dataset import SOURCE_SEP, CombinedDataset, PreparedDataset
 from covseg.evaluation.evaluate import labelled_cases, original_cases
 from covseg.evaluation.metrics import aggregate, confusion
 from covseg.inference.postprocess import masks_from_probabilities
@@ -53,7 +55,10 @@ class OOF:
 
 
 def collect_oof(
-    cv_dir: str | Path, data: PreparedDataset, which: str = "last", device: str = "cpu"
+    cv_dir: str | Path,
+    data: PreparedDataset | CombinedDataset,
+    which: str = "last",
+    device: str = "cpu",
 ) -> OOF:
     """Predict every run's test cases with its ``which`` checkpoint (``"best"`` or ``"last"``).
 
@@ -88,21 +93,38 @@ def collect_oof(
     return oof
 
 
-def _scores(preds: list[np.ndarray], oof: OOF) -> dict[str, float]:
+def _scores(preds: list[np.ndarray], oof: OOF) -> dict[str, Any]:
     counts, cases = [], []
     for pred, it, cid in zip(preds, oof.items, oof.case_ids, strict=True):
         tp, fp, fn, tn = confusion(pred, it.truth, axes=(1, 2))
         counts.append(np.stack([tp, fp, fn, tn], axis=1))
         cases += [cid] * len(tp)
     c = np.concatenate(counts)
-    return {
+    out: dict[str, Any] = {
         "per_slice_mean": aggregate(c, cases, "per_slice_mean")["dice"],
         "pooled": aggregate(c, cases, "pooled")["dice"],
     }
+    # case ids are RUN/CASE, or RUN/DATASET/CASE for a cross-validation over several datasets
+    source = [cid.split("/", 1)[1].partition(SOURCE_SEP) for cid in cases]
+    if all(sep and tail for _, sep, tail in source):
+        names = np.array([name for name, _, _ in source])
+        out["by_source"] = {
+            str(name): {
+                "n_slices": int((names == name).sum()),
+                "per_slice_mean": aggregate(
+                    c[names == name],
+                    [x for x, n in zip(cases, names, strict=True) if n == name],
+                    "per_slice_mean",
+                )["dice"],
+            }
+            for name in sorted(set(names.tolist()))
+        }
+    return out
 
 
-def own_scores(oof: OOF) -> dict[str, float]:
-    """Dice (per-slice mean and pooled) of every case with its run's own post-processing."""
+def own_scores(oof: OOF) -> dict[str, Any]:
+    """Dice (per-slice mean and pooled; per-slice mean per dataset under ``by_source`` for a
+    cross-validation over several) of every case with its run's own post-processing."""
     preds = [
         masks_from_probabilities(it.lung, it.infection, post, oof.model_size).infection
         for it, post in zip(oof.items, oof.own, strict=True)
@@ -110,8 +132,8 @@ def own_scores(oof: OOF) -> dict[str, float]:
     return _scores(preds, oof)
 
 
-def shared_scores(oof: OOF, post: PostProcessing) -> dict[str, float]:
-    """Dice (per-slice mean and pooled) of every case with one post-processing."""
+def shared_scores(oof: OOF, post: PostProcessing) -> dict[str, Any]:
+    """Dice (as :func:`own_scores`) of every case with one post-processing."""
     preds = [
         masks_from_probabilities(it.lung, it.infection, post, oof.model_size).infection
         for it in oof.items
@@ -131,11 +153,42 @@ def select_on_oof(oof: OOF) -> Selection:
     )
 
 
-def summary(oof: OOF, sel: Selection) -> dict[str, Any]:
-    """A JSON-ready record of an out-of-fold selection."""
+def other_folds_scores(oof: OOF) -> dict[str, Any]:
+    """Dice (as :func:`own_scores`) of every run's cases with the post-processing that
+    :func:`select_on_oof` picks on the *other* runs' out-of-fold predictions.
+
+    The selection never sees the slices it is scored on, so this is a cross-validated estimate
+    of choosing the post-processing on out-of-fold predictions (as :func:`ship` does), to
+    compare with :func:`own_scores` (choosing it on each run's validation slices). ``"chosen"``
+    maps each run to its selection; a single run has no other runs and is not scored (``{}``).
+    """
+    runs = [cid.split("/", 1)[0] for cid in oof.case_ids]
+    if len(set(runs)) < 2:
+        return {}
+    preds: list[np.ndarray] = [np.empty(0)] * len(runs)
+    chosen: dict[str, Any] = {}
+    for run in sorted(set(runs)):
+        others = OOF()
+        others.items = [it for it, r in zip(oof.items, runs, strict=True) if r != run]
+        others.model_size = oof.model_size
+        post = select_on_oof(others).postprocessing
+        chosen[run] = to_dict(post)
+        for i, r in enumerate(runs):
+            if r == run:
+                it = oof.items[i]
+                preds[i] = masks_from_probabilities(
+                    it.lung, it.infection, post, oof.model_size
+                ).infection
+    return {**_scores(preds, oof), "chosen": chosen}
+
+
+def summary(oof: OOF, sel: Selection, other_folds: bool = False) -> dict[str, Any]:
+    """A JSON-ready record of an out-of-fold selection (with ``other_folds``:
+    :func:`other_folds_scores` too)."""
     return {
         "n_slices": oof.n_slices,
         "own_postprocessing": own_scores(oof),
+        **({"other_folds_selection": other_folds_scores(oof)} if other_folds else {}),
         "selected": {
             "postprocessing": to_dict(sel.postprocessing),
             **shared_scores(oof, sel.postprocessing),
