@@ -4,9 +4,11 @@
 #   medseg100-train  50 MedSeg slices, expert infection masks, lung masks derived by `prepare`
 #   zenodo10-expert  819 slices of 9 patients of the paper's Zenodo set, expert lungs + infection
 #
-# One recipe for both steps: the `fast` preset, the robust augmentation (zoom 0.5-2x, crops to the
-# lungs, up-down flips, window, gamma, CLAHE, noise, blur), an equal share of each dataset per
-# epoch, derived lung masks at half weight, a per-slice soft Dice (--dice-mode slice), 20 epochs.
+# One recipe for both steps: the `fast4` preset (named `fast` until 2026-12-05; the new `fast`
+# scored lower on Zenodo with this recipe, MODEL_CARD.md), the robust augmentation (zoom 0.5-2x,
+# crops to the lungs, up-down flips, window, gamma, CLAHE, noise, blur), an equal share of each
+# dataset per epoch, derived lung masks at half weight, a per-slice soft Dice (--dice-mode
+# slice), 20 epochs.
 # The shipped model is applied with lung framing (a scout look finds the lungs, the look is at
 # their crop; covseg.inference.framing), and the CV is scored both ways (folder cv_allN, whole slices;
 # cv_allN_lungs, lung framing). On 2 CPU cores (one thread per job, two jobs side by side) a fold
