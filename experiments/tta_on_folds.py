@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from covseg.checkpoint import load_checkpoint
+from covseg.checkpoint import load_checkpoint, read_meta
 from covseg.data.dataset import open_prepared
 from covseg.evaluation.evaluate import original_cases, score_cases
 from covseg.evaluation.report import load_runs
@@ -37,11 +37,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     data = open_prepared(args.data)
     out: dict[str, dict[str, dict[str, float]]] = {"plain": {}, "tta": {}}
-    for fold in sorted(load_runs(args.cv)):
-        run = args.cv / f"fold{fold}_rep0"
-        model, meta = load_checkpoint(run / "best.safetensors")
-        with tempfile.TemporaryDirectory(prefix="covseg-tta-") as tmp:
-            originals = original_cases(data, meta.preprocessing, Path(tmp))
+    folds = sorted(load_runs(args.cv))
+    # the original cases are read once: every run of a cv has the same preprocessing
+    pre = read_meta(args.cv / f"fold{folds[0]}_rep0" / "best.json").preprocessing
+    with tempfile.TemporaryDirectory(prefix="covseg-tta-") as tmp:
+        originals = original_cases(data, pre, Path(tmp))
+    for fold in folds:
+        model, meta = load_checkpoint(args.cv / f"fold{fold}_rep0" / "best.safetensors")
         for name, tta in (("plain", False), ("tta", True)):
             seg = Segmenter(model, meta, device="cpu", batch_size=16, tta=tta)
             scores = score_cases(seg, data, list(meta.data.test_cases), originals)
@@ -50,12 +52,12 @@ def main() -> None:
                 row[source] = scores.subset(source).aggregate("per_slice_mean")["dice"]
             out[name][str(fold + 1)] = row
             print(f"fold {fold + 1} {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()))
-    folds = list(out["plain"])
-    for key in out["plain"][folds[0]]:
-        d = [out["tta"][f][key] - out["plain"][f][key] for f in folds]
+    names = list(out["plain"])
+    for key in out["plain"][names[0]]:
+        d = [out["tta"][f][key] - out["plain"][f][key] for f in names]
         print(
-            f"{key}: plain {statistics.mean(out['plain'][f][key] for f in folds):.4f}, "
-            f"tta {statistics.mean(out['tta'][f][key] for f in folds):.4f}, "
+            f"{key}: plain {statistics.mean(out['plain'][f][key] for f in names):.4f}, "
+            f"tta {statistics.mean(out['tta'][f][key] for f in names):.4f}, "
             f"difference {statistics.mean(d):+.4f} (folds won/lost {sum(x > 0 for x in d)}/"
             f"{sum(x < 0 for x in d)})"
         )

@@ -144,9 +144,13 @@ def shared_scores(oof: OOF, post: PostProcessing) -> dict[str, Any]:
 def select_on_oof(oof: OOF) -> Selection:
     """The post-processing grid (:data:`THRESHOLDS` x :data:`MIN_COMPONENTS` x
     :data:`LUNG_MARGINS`) searched on the out-of-fold predictions."""
+    return _select(oof.items, oof.model_size)
+
+
+def _select(items: list[Item], model_size: int) -> Selection:
     return select_postprocessing(
-        oof.items,
-        oof.model_size,
+        items,
+        model_size,
         thresholds=THRESHOLDS,
         min_components=MIN_COMPONENTS,
         lung_margins=LUNG_MARGINS,
@@ -165,20 +169,17 @@ def other_folds_scores(oof: OOF) -> dict[str, Any]:
     runs = [cid.split("/", 1)[0] for cid in oof.case_ids]
     if len(set(runs)) < 2:
         return {}
-    preds: list[np.ndarray] = [np.empty(0)] * len(runs)
-    chosen: dict[str, Any] = {}
-    for run in sorted(set(runs)):
-        others = OOF()
-        others.items = [it for it, r in zip(oof.items, runs, strict=True) if r != run]
-        others.model_size = oof.model_size
-        post = select_on_oof(others).postprocessing
-        chosen[run] = to_dict(post)
-        for i, r in enumerate(runs):
-            if r == run:
-                it = oof.items[i]
-                preds[i] = masks_from_probabilities(
-                    it.lung, it.infection, post, oof.model_size
-                ).infection
+    post = {
+        run: _select(
+            [it for it, r in zip(oof.items, runs, strict=True) if r != run], oof.model_size
+        ).postprocessing
+        for run in sorted(set(runs))
+    }
+    preds = [
+        masks_from_probabilities(it.lung, it.infection, post[r], oof.model_size).infection
+        for it, r in zip(oof.items, runs, strict=True)
+    ]
+    chosen = {run: to_dict(p) for run, p in post.items()}
     return {**_scores(preds, oof), "chosen": chosen}
 
 
