@@ -27,8 +27,11 @@ FAST_TINY = PRESETS["fast4"].replace(**TINY_WIDTHS, refine_channels=4)
 FAST_TINY_LR = FAST_TINY.replace(lung_refine_channels=4, refine_half_depth=2)
 # ... and with the fast preset's (learned stride-2 conv stem, H/2 levels, paper fusion inputs).
 CONV_TINY = PRESETS["fast"].replace(**TINY_WIDTHS, stem_channels=8, refine_channels=4)
+# ... with the input histogram-equalised inside the network.
+FAST_TINY_EQ = FAST_TINY.replace(input_norm="equalize")
 CONFIGS = {
     "tiny": TINY,
+    "fast_tiny_eq": FAST_TINY_EQ,
     "fast_tiny": FAST_TINY,
     "fast_tiny_lr": FAST_TINY_LR,
     "conv_tiny": CONV_TINY,
@@ -345,7 +348,7 @@ def test_fast_overfits_one_synthetic_slice(cfg):
     assert _overfit_dice(CONFIGS[cfg], x, y_lung, y_inf) > 0.9
 
 
-@pytest.mark.parametrize("cfg", ["fast_tiny", "conv_tiny"])
+@pytest.mark.parametrize("cfg", ["fast_tiny", "conv_tiny", "fast_tiny_eq"])
 def test_fast_onnx_export_matches_torch(tmp_path, cfg):
     """The stems (space-to-depth, strided conv), bilinear up-sampling and refinement export to
     ONNX."""
@@ -403,3 +406,64 @@ def _overfit_dice(cfg, x, y_lung, y_inf) -> float:
     with torch.no_grad():
         pred = net(x).infection > 0
     return float(dice(*[int(c) for c in _counts(pred, y_inf > 0)]))
+
+
+def _levels_picture(seed: int, levels: int = 16, shape=(2, 1, 40, 56)) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, levels, shape, generator=g).float() / levels
+
+
+def test_equalize_mid_ranks_by_hand():
+    """Each value becomes (#below + #equal / 2) / #pixels, per slice; ties stay one value."""
+    from covseg.models.blocks import HistogramEqualize
+
+    x = torch.tensor([[[[0.0, 0.0, 0.5, 1.0]]], [[[0.2, 0.2, 0.2, 0.2]]]])
+    out = HistogramEqualize()(x)
+    assert torch.allclose(out[0, 0, 0], torch.tensor([0.25, 0.25, 0.625, 0.875]))
+    assert torch.allclose(out[1], torch.full((1, 1, 4), 0.5))  # a constant slice: 0.5
+    # values outside [0, 1] count as the ends, and the dtype is kept
+    y = HistogramEqualize()(torch.tensor([[[[-3.0, 0.0, 1.0, 7.0]]]], dtype=torch.float64))
+    assert y.dtype == torch.float64 and torch.allclose(y[0, 0, 0, :2], y.new_tensor([0.25] * 2))
+
+
+def test_equalize_ignores_monotone_intensity_changes_and_other_slices():
+    """A gamma, a linear window that clips nothing, a min-max stretch: the same picture."""
+    from covseg.models.blocks import HistogramEqualize
+
+    he = HistogramEqualize()
+    x = _levels_picture(0)
+    ref = he(x)
+    for f in (lambda t: t**2, lambda t: t**0.5, lambda t: 0.1 + 0.8 * t, lambda t: t / t.max()):
+        assert torch.equal(he(f(x)), ref)
+    assert torch.equal(he(x[1:]), ref[1:])  # each slice on its own histogram
+    assert not torch.equal(he(x.flip(-1)), ref)  # it is a function of the picture
+
+
+def test_equalized_network_segments_a_regamma_the_same():
+    """With ``input_norm="equalize"`` a re-windowed picture gives the same logits; without, not."""
+    x = _levels_picture(1, shape=(2, 1, 64, 64))
+    for norm, same in (("equalize", True), ("none", False)):
+        torch.manual_seed(0)
+        net = build_model(FAST_TINY.replace(input_norm=norm)).eval()
+        with torch.inference_mode():
+            a, b = net(x).infection, net(0.05 + 0.9 * x**1.5).infection
+        assert torch.equal(a, b) is same
+
+
+def test_input_norm_is_checked_and_recorded_in_checkpoints(tmp_path):
+    from covseg.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+    from covseg.models.blocks import HistogramEqualize
+
+    with pytest.raises(ValueError, match="input_norm"):
+        FAST_TINY.replace(input_norm="clahe")
+    assert all(cfg.input_norm == "none" for cfg in PRESETS.values())
+    old = to_dict(FAST_TINY)
+    del old["input_norm"]  # a checkpoint written before the option loads as before
+    assert from_dict(ModelConfig, old) == FAST_TINY
+    net = build_model(FAST_TINY_EQ)
+    path = save_checkpoint(
+        tmp_path / "eq.safetensors", net, CheckpointMeta(model_config=FAST_TINY_EQ)
+    )
+    model, meta = load_checkpoint(path)
+    assert meta.model_config.input_norm == "equalize"
+    assert isinstance(model.input_norm, HistogramEqualize)

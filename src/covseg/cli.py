@@ -157,6 +157,12 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=["bifurcated", "unet"], default="bifurcated")
     p.add_argument("--lung-gate", choices=["binary", "soft"], help="override the preset's gate")
     p.add_argument("--no-lung-gate", action="store_true", help="ablation: no lung gating")
+    p.add_argument(
+        "--input-norm",
+        choices=["none", "equalize"],
+        help="override the preset's input step: 'equalize' = per-slice histogram equalisation "
+        "inside the network (recorded in the checkpoint)",
+    )
     p.add_argument("--no-inception", action="store_true", help="ablation: double convs only")
     p.add_argument("--no-deep-supervision", action="store_true", help="ablation: aux loss 0")
     p.add_argument("--epochs", type=int, default=100)
@@ -233,6 +239,8 @@ def _build_configs(args: argparse.Namespace):
         model_cfg = model_cfg.replace(lung_gate="none")
     if args.no_inception:
         model_cfg = model_cfg.replace(use_inception=False)
+    if args.input_norm:
+        model_cfg = model_cfg.replace(input_norm=args.input_norm)
     train_cfg = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,

@@ -136,6 +136,11 @@ class ModelConfig:
             the fusion block's (from the lung decoder's features and the image, this wide), so
             that the lung mask and the fusion block's full-resolution gate are not bilinear
             up-samplings of ``H/s`` logits; ``0``: up-sampled only.
+        input_norm: ``"equalize"`` maps every input slice through its own histogram
+            (:class:`~covseg.models.blocks.HistogramEqualize`) before anything else, inside the
+            network, so training, ``segment``, ``evaluate`` and the ONNX export all see the same
+            canonical picture: a monotone change of intensity (window, gamma, min-max) leaves
+            it unchanged, up to the 1024 bins and to the values a window clips. ``"none"``: the ``[0, 1]`` input as it comes (every preset).
     """
 
     model: Literal["bifurcated", "unet"] = "bifurcated"
@@ -162,6 +167,7 @@ class ModelConfig:
     refine_levels: int = 1
     refine_half_depth: int = 1
     lung_refine_channels: int = 0
+    input_norm: Literal["none", "equalize"] = "none"
 
     def __post_init__(self) -> None:
         for name in ("encoder_channels", "lung_decoder_channels", "infection_decoder_channels"):
@@ -186,6 +192,10 @@ class ModelConfig:
         for name in ("stem_channels", "refine_channels", "refine_half_depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.input_norm not in ("none", "equalize"):
+            raise ValueError(
+                f"ModelConfig.input_norm: 'none' or 'equalize', got {self.input_norm!r}"
+            )
         if self.lung_refine_channels < 0:
             raise ValueError(
                 f"ModelConfig.lung_refine_channels must be >= 0, got {self.lung_refine_channels}"

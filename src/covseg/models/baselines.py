@@ -13,6 +13,7 @@ from covseg.models.bifurcated import (
     UNetDecoder,
     _pad_to,
     divisor,
+    input_norm,
 )
 
 __all__ = ["UNetBaseline"]
@@ -38,10 +39,11 @@ class UNetBaseline(nn.Module):
         self.head = nn.Conv2d(self.decoder.out_channels, 1, kernel_size=1)
         self.divisor = divisor(cfg)
         self.refine = FullResRefine(self.decoder.out_channels, cfg) if cfg.stem != "none" else None
+        self.input_norm = input_norm(cfg)
 
     def forward(self, x: torch.Tensor) -> SegOutput:
         h, w = x.shape[-2:]
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = self.input_norm(x).contiguous(memory_format=torch.channels_last)
         x = _pad_to(x, self.divisor)
         feat = self.decoder(self.encoder(x))
         logits = self.head(feat)

@@ -14,9 +14,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from covseg.config import ModelConfig
-from covseg.models.blocks import ConvBNReLU, DoubleConv, InceptionBlock, channels_last
+from covseg.models.blocks import (
+    ConvBNReLU,
+    DoubleConv,
+    HistogramEqualize,
+    InceptionBlock,
+    channels_last,
+)
 
-__all__ = ["BifurcatedNet", "Encoder", "FullResRefine", "FusionHead", "SegOutput", "UNetDecoder"]
+__all__ = [
+    "BifurcatedNet",
+    "Encoder",
+    "FullResRefine",
+    "FusionHead",
+    "SegOutput",
+    "UNetDecoder",
+    "input_norm",
+]
 
 #: Input sides are padded to a multiple of this (4 pooling steps), outputs cropped back.
 DIVISOR = 16
@@ -294,10 +308,11 @@ class BifurcatedNet(nn.Module):
         if cfg.fusion_inputs == "authors":
             fusion_in += self.infection_decoder.out_channels + enc[0]
         self.fusion = FusionHead(fusion_in, cfg)
+        self.input_norm = input_norm(cfg)
 
     def forward(self, x: torch.Tensor) -> SegOutput:
         h, w = x.shape[-2:]
-        x = channels_last(_pad_to(x, self.divisor))
+        x = channels_last(_pad_to(self.input_norm(x), self.divisor))
         feats = self.encoder(x)
         lung_feat = self.lung_decoder(feats)
         lung = self.lung_head(lung_feat)
@@ -322,6 +337,11 @@ class BifurcatedNet(nn.Module):
         else:
             infection = self.fusion(fused)
         return SegOutput(lung[..., :h, :w], aux[..., :h, :w], infection[..., :h, :w])
+
+
+def input_norm(cfg: ModelConfig) -> nn.Module:
+    """The network's first step, by ``cfg.input_norm``: histogram equalisation or nothing."""
+    return HistogramEqualize() if cfg.input_norm == "equalize" else nn.Identity()
 
 
 def _pad_to(x: torch.Tensor, divisor: int) -> torch.Tensor:

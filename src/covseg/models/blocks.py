@@ -8,6 +8,7 @@ from torch import nn
 __all__ = [
     "ConvBNReLU",
     "DoubleConv",
+    "HistogramEqualize",
     "InceptionBlock",
     "SeparableMaxPool",
     "channels_last",
@@ -233,3 +234,44 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             block[-3] = fuse_conv_bn_eval(block[-3], bn)
             block[-2] = nn.Identity()
     return model
+
+
+class HistogramEqualize(nn.Module):
+    """Per-slice histogram equalisation: each pixel becomes its value's mid-rank in its slice.
+
+    The input's ``[0, 1]`` range is cut into ``bins`` equal bins; a pixel in bin ``k`` becomes
+    ``(#pixels in bins < k + #pixels in bin k / 2) / #pixels``, computed per slice and channel.
+    So a strictly monotone change of intensity that keeps distinct bins distinct (a window that
+    clips nothing, a gamma, a min-max stretch) gives the same output, ties get one value (a flat
+    background stays flat; a constant slice becomes 0.5), and the output fills ``[0, 1]``
+    whatever window, gamma or equalisation the picture came with. Values outside ``[0, 1]`` count
+    as 0 or 1. It has no parameters and no gradient to its input, and it is made of ops that
+    export to ONNX (scatter-add, cumulative sum, gather), computed in float32 whatever the
+    input's dtype.
+
+    Args:
+        bins: number of histogram bins; 1024 keeps the 256 levels of an 8-bit picture apart
+            and bins a ``[-1250, 250]`` HU window at about 1.5 HU.
+
+    Shape:
+        ``(B, C, H, W)`` -> the same, in the input's dtype.
+    """
+
+    def __init__(self, bins: int = 1024) -> None:
+        super().__init__()
+        if bins < 2:
+            raise ValueError(f"HistogramEqualize: bins must be >= 2, got {bins}")
+        self.bins = bins
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        flat = x.detach().float().reshape(b * c, h * w)
+        idx = (flat.clamp(0, 1) * self.bins).floor().clamp(max=self.bins - 1).long()
+        hist = torch.zeros(b * c, self.bins, dtype=torch.float32, device=x.device)
+        hist = hist.scatter_add(1, idx, torch.ones_like(flat))
+        mid_rank = torch.cumsum(hist, dim=1) - 0.5 * hist
+        out = torch.gather(mid_rank, 1, idx) / float(h * w)
+        return out.reshape(b, c, h, w).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"bins={self.bins}"
