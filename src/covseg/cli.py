@@ -181,10 +181,11 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-augment", action="store_true")
     p.add_argument(
         "--augmentation",
-        choices=["basic", "robust"],
+        choices=["basic", "robust", "robust_lungs"],
         default="basic",
         help="basic: flips, small rotations/zooms, contrast; robust: also up-down flips, zoom "
-        "0.5-2x, crops to the lungs, windows, gamma, CLAHE, noise, blur",
+        "0.5-2x, crops to the lungs, windows, gamma, CLAHE, noise, blur; robust_lungs: robust "
+        "with 3 in 4 slices cropped to the lungs (the framing of --framing lungs)",
     )
     p.add_argument(
         "--sampling",

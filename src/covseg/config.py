@@ -289,7 +289,9 @@ class TrainConfig:
         augmentation: which augmentation (:data:`covseg.data.augment.PROFILES`): ``"basic"``
             (left-right flips, small rotations and zooms, contrast) or ``"robust"`` (also
             up-down flips, zoom 0.5-2x with aspect jitter, crops to the lungs, re-windowing,
-            gamma, CLAHE, noise, blur: for a model that must not care about framing and window).
+            gamma, CLAHE, noise, blur: for a model that must not care about framing and window)
+            or ``"robust_lungs"`` (``"robust"`` with most slices cropped to the lungs, the
+            framing of ``--framing lungs``).
         sampling: how an epoch draws its slices from several datasets (``--data A B``):
             ``"slices"``: every training slice once; ``"sources"``: as many slices as there are,
             drawn with replacement so that each dataset gives an equal share (a small dataset is
@@ -339,7 +341,7 @@ class TrainConfig:
     dice: float = 0.0
     dice_mode: Literal["batch", "slice"] = "batch"
     augment: bool = True
-    augmentation: Literal["basic", "robust"] = "basic"
+    augmentation: Literal["basic", "robust", "robust_lungs"] = "basic"
     sampling: Literal["slices", "sources"] = "slices"
     derived_lung_weight: float = 1.0
     val_fraction: float = 0.12
@@ -367,7 +369,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.schedule: unknown {self.schedule!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"TrainConfig.device: unknown {self.device!r}")
-        if self.augmentation not in ("basic", "robust"):
+        if self.augmentation not in ("basic", "robust", "robust_lungs"):
             raise ValueError(f"TrainConfig.augmentation: unknown {self.augmentation!r}")
         if self.dice_mode not in ("batch", "slice"):
             raise ValueError(f"TrainConfig.dice_mode: unknown {self.dice_mode!r}")
