@@ -424,6 +424,8 @@ def test_equalize_mid_ranks_by_hand():
     # values outside [0, 1] count as the ends, and the dtype is kept
     y = HistogramEqualize()(torch.tensor([[[[-3.0, 0.0, 1.0, 7.0]]]], dtype=torch.float64))
     assert y.dtype == torch.float64 and torch.allclose(y[0, 0, 0, :2], y.new_tensor([0.25] * 2))
+    z = HistogramEqualize()(torch.tensor([[[[float("nan"), 0.0, 1.0, float("inf")]]]]))
+    assert torch.allclose(z, torch.tensor([[[[0.25, 0.25, 0.75, 0.75]]]]))
 
 
 def test_equalize_ignores_monotone_intensity_changes_and_other_slices():

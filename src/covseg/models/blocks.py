@@ -245,9 +245,10 @@ class HistogramEqualize(nn.Module):
     clips nothing, a gamma, a min-max stretch) gives the same output, ties get one value (a flat
     background stays flat; a constant slice becomes 0.5), and the output fills ``[0, 1]``
     whatever window, gamma or equalisation the picture came with. Values outside ``[0, 1]`` count
-    as 0 or 1. It has no parameters and no gradient to its input, and it is made of ops that
-    export to ONNX (scatter-add, cumulative sum, gather), computed in float32 whatever the
-    input's dtype.
+    as 0 or 1, NaN as 0. It has no parameters and no gradient to its input, and it is made of
+    ops that export to ONNX (scatter-add, cumulative sum, gather), computed in float32 whatever
+    the input's dtype. It depends on the field of view: padding a slice with air changes its
+    histogram, so a zoomed-out slice is not equalised like the same slice uncropped.
 
     Args:
         bins: number of histogram bins; 1024 keeps the 256 levels of an 8-bit picture apart
@@ -266,6 +267,7 @@ class HistogramEqualize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         flat = x.detach().float().reshape(b * c, h * w)
+        flat = torch.where(torch.isnan(flat), torch.zeros_like(flat), flat)  # not an index
         idx = (flat.clamp(0, 1) * self.bins).floor().clamp(max=self.bins - 1).long()
         hist = torch.zeros(b * c, self.bins, dtype=torch.float32, device=x.device)
         hist = hist.scatter_add(1, idx, torch.ones_like(flat))
