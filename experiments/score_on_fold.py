@@ -8,7 +8,7 @@ weights and post-processing are unchanged. Beware of models that were trained on
 fold's test cases: their figures are then not out-of-fold.
 
 Usage: .venv/bin/python experiments/score_on_fold.py pretrained runs/cv_all20 2 runs/old_on_cv_all20 \
-           --data prepared/medseg100 prepared/zenodo10 [--robustness] [--framing lungs]
+           --data prepared/medseg100 prepared/zenodo10 [--robustness] [--framing lungs] [--device auto]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument(
         "--framing", choices=FRAMINGS, help="score with this framing (default: the checkpoint's)"
     )
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     args = ap.parse_args()
     folds = json.loads((args.cv / "splits.json").read_text())["folds"]
     test = tuple(folds[args.fold]["test"])
@@ -47,7 +48,7 @@ def main() -> None:
         meta = meta.replace(preprocessing=pre)
     save_checkpoint(rd / "best.safetensors", model, meta.replace(data=data))
     result = evaluate_test_fold(
-        rd, open_prepared(args.data), device="cpu", robustness=args.robustness
+        rd, open_prepared(args.data), device=args.device, robustness=args.robustness
     )
     print(f"{rd}: per-slice Dice {result['per_slice_mean']['dice']:.4f}")
 

@@ -21,38 +21,52 @@
 #    choose the post-processing); its last-epoch weights are shipped by experiments/ship.py.
 # 3. experiments/lung5_check.py: the shipped model's lungs on ../shared/data/zenodo-lung5 through
 #    the NIfTI path of `covseg segment`.
+# Settings (environment): DATA, OUT, EPOCHS, THREADS, STEPS, FOLD (one fold only: no report;
+# `STEPS=report` writes them once all folds are in), PRESET (default fast4), DEVICE (auto),
+# PREP (where the prepared datasets go; prepared), PY (the Python with covseg; .venv/bin/python),
+# PREPARE=0 (use the prepared datasets as they are: for runs started side by side).
+# experiments/pretrained_gpu.sh fans the steps out on one GPU.
 set -euo pipefail
 DATA=${DATA:-../shared/data}
 OUT=${OUT:-runs}
 EPOCHS=${EPOCHS:-20}
 THREADS=${THREADS:-0}
-STEPS=${STEPS:-"cv final ship"}
-cs=".venv/bin/covseg"
-py=".venv/bin/python"
-RECIPE="--preset fast4 --augmentation robust --sampling sources --derived-lung-weight 0.5
-    --epochs $EPOCHS --batch-size 4 --lr 2e-3 --dice-loss 1 --dice-mode slice --patience 0 --device auto
-    --threads $THREADS"
-SETS="prepared/medseg100 prepared/zenodo10"
-CV="$OUT/cv_all$EPOCHS"
-FINAL="$OUT/final_all$EPOCHS"
+STEPS=${STEPS:-"cv report final ship"}
+PRESET=${PRESET:-fast4}
+DEVICE=${DEVICE:-auto}
+PREP=${PREP:-prepared}
+py=${PY:-.venv/bin/python}
+cs="$py -m covseg"
+RECIPE="--preset $PRESET --augmentation robust --sampling sources --derived-lung-weight 0.5
+    --epochs $EPOCHS --batch-size 4 --lr 2e-3 --dice-loss 1 --dice-mode slice --patience 0
+    --device $DEVICE --threads $THREADS"
+SETS="$PREP/medseg100 $PREP/zenodo10"
+TAG=$([[ $PRESET == fast4 ]] && echo "" || echo "_$PRESET")
+CV="$OUT/cv_all$EPOCHS$TAG"
+FINAL="$OUT/final_all$EPOCHS$TAG"
 
-$cs prepare --layout slices "$DATA/medseg100-train" prepared/medseg100
-$cs prepare --layout slices --group '^(coronacases_\d+|radiopaedia_\d+)_' \
-    "$DATA/zenodo10-expert" prepared/zenodo10
+if [[ ${PREPARE:-1} != 0 ]]; then
+    $cs prepare --layout slices "$DATA/medseg100-train" "$PREP/medseg100"
+    $cs prepare --layout slices --group '^(coronacases_\d+|radiopaedia_\d+)_' \
+        "$DATA/zenodo10-expert" "$PREP/zenodo10"
+fi
 if [[ " $STEPS " == *" cv "* ]]; then
     # shellcheck disable=SC2086
     $cs cv --data $SETS --out "$CV" --folds 5 --repeats 1 $RECIPE --robustness \
         ${FOLD:+--fold "$FOLD"}
-    $cs report "$CV"
     # The same test folds through lung framing (the checkpoints' own post-processing).
     for run in "$CV"/fold*_rep0; do
         [[ -f "$run/test_metrics.json" ]] || continue
         k=${run##*/fold}; k=${k%%_rep0}
+        [[ -z ${FOLD:-} || $k == "$FOLD" ]] || continue
         # shellcheck disable=SC2086
         $py experiments/score_on_fold.py "$run/best.safetensors" "$CV" "$k" "${CV}_lungs" \
-            --data $SETS --robustness --framing lungs
+            --data $SETS --robustness --framing lungs --device "$DEVICE"
     done
     cp "$CV/splits.json" "${CV}_lungs/"
+fi
+if [[ " $STEPS " == *" report "* && -z ${FOLD:-} ]]; then
+    $cs report "$CV"
     $cs report "${CV}_lungs"
 fi
 if [[ " $STEPS " == *" final "* ]]; then
