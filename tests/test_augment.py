@@ -143,6 +143,12 @@ def test_robust_lungs_profile_frames_most_slices_at_the_lungs():
     assert dataclasses.replace(PROFILES["robust_lungs"], crop_lungs_prob=0.25) == PROFILES["robust"]
 
 
+def test_every_augmentation_setting_has_a_profile():
+    from covseg.config import AUGMENTATIONS
+
+    assert tuple(PROFILES) == AUGMENTATIONS
+
+
 def test_zoom_out_shrinks_and_pads_with_air():
     aug = make_augment(AugmentConfig(**OFF, zoom_range=(0.5, 0.5)), seed=1)
     s = _sample()

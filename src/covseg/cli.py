@@ -20,7 +20,14 @@ import threading
 from collections.abc import Callable, Sequence
 
 from covseg._version import __version__
-from covseg.config import FRAMINGS, INTENSITY_RULES, PRESETS, ROBUSTNESS_VARIANTS
+from covseg.config import (
+    AUGMENTATIONS,
+    FRAMINGS,
+    INPUT_NORMS,
+    INTENSITY_RULES,
+    PRESETS,
+    ROBUSTNESS_VARIANTS,
+)
 from covseg.errors import CovsegError
 
 __all__ = ["main"]
@@ -159,7 +166,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-lung-gate", action="store_true", help="ablation: no lung gating")
     p.add_argument(
         "--input-norm",
-        choices=["none", "equalize"],
+        choices=INPUT_NORMS,
         help="override the preset's input step: 'equalize' = per-slice histogram equalisation "
         "inside the network (recorded in the checkpoint)",
     )
@@ -181,7 +188,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-augment", action="store_true")
     p.add_argument(
         "--augmentation",
-        choices=["basic", "robust", "robust_lungs"],
+        choices=AUGMENTATIONS,
         default="basic",
         help="basic: flips, small rotations/zooms, contrast; robust: also up-down flips, zoom "
         "0.5-2x, crops to the lungs, windows, gamma, CLAHE, noise, blur; robust_lungs: robust "

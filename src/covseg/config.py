@@ -37,6 +37,11 @@ BACKENDS = ("torch", "torch-bf16", "onnxruntime")
 #: How the network looks at a slice (:mod:`covseg.inference.framing`): the whole slice, or
 #: cropped to the lungs that a cheap scout look at the whole slice found.
 FRAMINGS = ("full", "lungs")
+#: The training augmentations (:data:`covseg.data.augment.PROFILES`, ``--augmentation``).
+AUGMENTATIONS = ("basic", "robust", "robust_lungs")
+#: The network's first step (``ModelConfig.input_norm``, ``--input-norm``): none, or a per-slice
+#: histogram equalisation.
+INPUT_NORMS = ("none", "equalize")
 
 #: The variants of ``evaluate --robustness`` (:data:`covseg.evaluation.robustness.VARIANTS`), in
 #: table order: as read; cropped to the lungs; zoomed out; another window; two display gammas;
@@ -140,7 +145,9 @@ class ModelConfig:
             (:class:`~covseg.models.blocks.HistogramEqualize`) before anything else, inside the
             network, so training, ``segment``, ``evaluate`` and the ONNX export all see the same
             canonical picture: a monotone change of intensity (window, gamma, min-max) leaves
-            it unchanged, up to the 1024 bins and to the values a window clips. ``"none"``: the ``[0, 1]`` input as it comes (every preset).
+            it unchanged, up to the 1024 bins and to the values a window clips. Measured worse
+            than ``"none"`` on the cross-source CV (MODEL_CARD.md). ``"none"``: the ``[0, 1]``
+            input as it comes (every preset).
     """
 
     model: Literal["bifurcated", "unet"] = "bifurcated"
@@ -192,9 +199,9 @@ class ModelConfig:
         for name in ("stem_channels", "refine_channels", "refine_half_depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.input_norm not in ("none", "equalize"):
+        if self.input_norm not in INPUT_NORMS:
             raise ValueError(
-                f"ModelConfig.input_norm: 'none' or 'equalize', got {self.input_norm!r}"
+                f"ModelConfig.input_norm: one of {', '.join(INPUT_NORMS)}, got {self.input_norm!r}"
             )
         if self.lung_refine_channels < 0:
             raise ValueError(
@@ -369,7 +376,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.schedule: unknown {self.schedule!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"TrainConfig.device: unknown {self.device!r}")
-        if self.augmentation not in ("basic", "robust", "robust_lungs"):
+        if self.augmentation not in AUGMENTATIONS:
             raise ValueError(f"TrainConfig.augmentation: unknown {self.augmentation!r}")
         if self.dice_mode not in ("batch", "slice"):
             raise ValueError(f"TrainConfig.dice_mode: unknown {self.dice_mode!r}")
