@@ -28,14 +28,10 @@ tp() { env OUT="$OUT_RUNS" "$@" bash experiments/train_pretrained.sh; }
 tp STEPS=none > "$OUT_RUNS/prepare.log" 2>&1 || { tail -3 "$OUT_RUNS/prepare.log"; exit 1; }
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 run_one() {  # final | fold index
-  local t; t=$(( $(left) - 60 )); [ "$t" -gt 30 ] || return 0
-  if [ "$1" = final ]; then
-    timeout "$t" env OUT="$OUT_RUNS" STEPS=final PREPARE=0 bash experiments/train_pretrained.sh \
-        > "$OUT_RUNS/final.log" 2>&1
-  else
-    timeout "$t" env OUT="$OUT_RUNS" STEPS=cv FOLD="$1" PREPARE=0 \
-        bash experiments/train_pretrained.sh > "$OUT_RUNS/fold$1.log" 2>&1
-  fi
+  local t vars=(STEPS=final) log=final; t=$(( $(left) - 60 )); [ "$t" -gt 30 ] || return 0
+  [ "$1" = final ] || { vars=(STEPS=cv FOLD="$1"); log=fold$1; }
+  timeout "$t" env OUT="$OUT_RUNS" PREPARE=0 "${vars[@]}" bash experiments/train_pretrained.sh \
+      > "$OUT_RUNS/$log.log" 2>&1
   echo "$1: exit $? at $(( $(date +%s) - T0 )) s"
 }
 for job in final 0 1 2 3 4; do

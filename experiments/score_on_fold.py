@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from covseg.checkpoint import load_checkpoint, save_checkpoint
-from covseg.config import FRAMINGS
+from covseg.config import DEVICES, FRAMINGS
 from covseg.data.dataset import open_prepared
 from covseg.evaluation.crossval import evaluate_test_fold, run_dir
 from covseg.meta import DataRecord
@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument(
         "--framing", choices=FRAMINGS, help="score with this framing (default: the checkpoint's)"
     )
-    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    ap.add_argument("--device", choices=DEVICES, default="cpu")
     args = ap.parse_args()
     folds = json.loads((args.cv / "splits.json").read_text())["folds"]
     test = tuple(folds[args.fold]["test"])

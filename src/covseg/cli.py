@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from covseg._version import __version__
 from covseg.config import (
     AUGMENTATIONS,
+    DEVICES,
     FRAMINGS,
     INPUT_NORMS,
     INTENSITY_RULES,
@@ -221,7 +222,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
         help="how validation (and then segment) looks at slices: whole, or cropped to the lungs "
         "a scout look found; the post-processing is chosen on those predictions (full)",
     )
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all cores)")
     p.add_argument(
@@ -390,7 +391,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> Runner:
     p.add_argument("--json", help="write the metrics here")
     p.add_argument("--threshold", type=float, help="override the checkpoint's threshold")
     p.add_argument("--tta", action="store_true", help="left-right flip test-time augmentation")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument(
         "--robustness",
         action="store_true",
@@ -460,7 +461,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> Runner:
     p.add_argument("--checkpoint", default="pretrained", help="CKPT.safetensors or 'pretrained'")
     p.add_argument("--tta", action="store_true", help="average with left-right flipped slices")
     p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (8)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument(
         "--intensity",
         choices=["auto", *INTENSITY_RULES],
@@ -514,7 +515,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> Runner:
     p.add_argument("--checkpoint", default="pretrained", help="CKPT.safetensors or 'pretrained'")
     p.add_argument("--data-dir", help="keep uploads and results here (default: a temporary folder)")
     p.add_argument("--max-upload-mb", type=int, default=2048, help="largest upload (2048 MiB)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     return _run_serve
 
 

@@ -37,6 +37,8 @@ BACKENDS = ("torch", "torch-bf16", "onnxruntime")
 #: How the network looks at a slice (:mod:`covseg.inference.framing`): the whole slice, or
 #: cropped to the lungs that a cheap scout look at the whole slice found.
 FRAMINGS = ("full", "lungs")
+#: Where training and inference run (``--device``): ``auto`` picks CUDA when available.
+DEVICES = ("auto", "cpu", "cuda")
 #: The training augmentations (:data:`covseg.data.augment.PROFILES`, ``--augmentation``).
 AUGMENTATIONS = ("basic", "robust", "robust_lungs")
 #: The network's first step (``ModelConfig.input_norm``, ``--input-norm``): none, or a per-slice
@@ -374,7 +376,7 @@ class TrainConfig:
             raise ValueError("TrainConfig: epochs, batch_size and lr must be positive")
         if self.schedule not in ("cosine", "plateau", "none"):
             raise ValueError(f"TrainConfig.schedule: unknown {self.schedule!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
+        if self.device not in DEVICES:
             raise ValueError(f"TrainConfig.device: unknown {self.device!r}")
         if self.augmentation not in AUGMENTATIONS:
             raise ValueError(f"TrainConfig.augmentation: unknown {self.augmentation!r}")
