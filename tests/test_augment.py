@@ -204,3 +204,21 @@ def test_settings_are_checked():
         AugmentConfig(zoom_range=(0.0, 2.0))
     with pytest.raises(ValueError, match="window_prob"):
         AugmentConfig(window_prob=1.5)
+
+
+def test_clahe_first_equalises_the_picture_before_it_is_framed():
+    """``clahe_first``: the CLAHE step sees the whole picture (as a picture's producer
+    equalised it), and the framing then zooms the equalised picture; without it, the framed
+    picture is equalised (other tiles, other contrast)."""
+    zoom = {**OFF, "zoom_range": (0.5, 0.5)}
+    s = _sample()
+    equalised = make_augment(AugmentConfig(**OFF, clahe_prob=1.0), seed=0)(s)
+    want = make_augment(AugmentConfig(**zoom), seed=0)({**s, "image": equalised["image"]})
+    first = make_augment(AugmentConfig(**zoom, clahe_prob=1.0, clahe_first=True), seed=0)(s)
+    last = make_augment(AugmentConfig(**zoom, clahe_prob=1.0), seed=0)(s)
+    torch.testing.assert_close(first["image"], want["image"])
+    assert torch.equal(first["lung"], want["lung"])
+    assert not torch.allclose(last["image"], want["image"], atol=1e-2)
+    assert (
+        dataclasses.replace(PROFILES["robust_clahe_first"], clahe_first=False) == PROFILES["robust"]
+    )

@@ -46,7 +46,9 @@ from covseg.files import file_mode, write_json
 from covseg.meta import CheckpointMeta
 
 __all__ = [
+    "ENSEMBLE_FORMAT",
     "FORMAT",
+    "build_network",
     "load_checkpoint",
     "load_train_state",
     "pretrained_path",
@@ -57,10 +59,13 @@ __all__ = [
     "update_meta",
 ]
 
-#: Checkpoint format written by this covseg; readers refuse newer ones.
+#: Checkpoint format of a single network written by this covseg.
 FORMAT = 2
-#: The first covseg version that reads :data:`FORMAT` (recorded so older readers can say so).
-REQUIRES_COVSEG = "0.2.0"
+#: The format of an ensemble (a ``"ensemble"`` list of member configs); the newest this covseg
+#: reads, so readers refuse newer ones.
+ENSEMBLE_FORMAT = 3
+#: The first covseg version that reads each format (recorded so older readers can say so).
+REQUIRES_COVSEG = {FORMAT: "0.2.0", ENSEMBLE_FORMAT: "0.2.1"}
 #: Weights files larger than this are refused before hashing (the paper preset is 71 MB).
 MAX_WEIGHTS_BYTES = 2 << 30
 
@@ -218,12 +223,17 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta) ->
     model = getattr(model, "module", model)
     record = {
         **meta.replace(covseg_version=__version__).to_json(),
-        "format": FORMAT,
-        "requires_covseg": REQUIRES_COVSEG,
+        **_format_fields(meta),
         "weights": weights.name,
     }
     _commit(weights, side, model.state_dict(), record)
     return weights
+
+
+def _format_fields(meta: CheckpointMeta) -> dict[str, Any]:
+    """``format`` and ``requires_covseg`` of ``meta``'s record: an ensemble needs format 3."""
+    fmt = ENSEMBLE_FORMAT if meta.members else FORMAT
+    return {"format": fmt, "requires_covseg": REQUIRES_COVSEG[fmt]}
 
 
 def _read_raw(side: Path) -> dict[str, Any]:
@@ -239,11 +249,11 @@ def _read_raw(side: Path) -> dict[str, Any]:
     fmt = meta.get("format") if isinstance(meta, dict) else None
     if not isinstance(fmt, int) or isinstance(fmt, bool):
         raise CheckpointError(f"{side}: not a covseg checkpoint (no format number)")
-    if fmt > FORMAT:
+    if fmt > ENSEMBLE_FORMAT:
         need = meta.get("requires_covseg") or f"a version newer than {__version__}"
         raise CheckpointError(
             f"{side}: checkpoint format {fmt} needs covseg >= {need} "
-            f"(this is covseg {__version__}, reading format <= {FORMAT}); upgrade covseg"
+            f"(this is covseg {__version__}, reading format <= {ENSEMBLE_FORMAT}); upgrade covseg"
         )
     return meta
 
@@ -275,7 +285,7 @@ def update_meta(path: str | Path, **changes: Any) -> CheckpointMeta:
     _, side = _paths(path)
     raw = _current_record(side, _read_raw(side))
     meta = CheckpointMeta.from_json(raw, side).replace(**changes)
-    record = {**raw, **meta.to_json(), "format": FORMAT, "requires_covseg": REQUIRES_COVSEG}
+    record = {**raw, **meta.to_json(), **_format_fields(meta)}
     for legacy in ("threshold", "min_component", "previous"):
         record.pop(legacy, None)
     write_json(side, record)
@@ -298,8 +308,6 @@ def load_checkpoint(
         CheckpointError: missing files, a newer format, a bad field, a sha256 mismatch (the
             weights were modified or are corrupt), or weights that do not fit the model config.
     """
-    from covseg.models import build_model
-
     weights, side = _paths(resolve_checkpoint(path))
     raw = _read_raw(side)
     name = raw.get("weights", weights.name)
@@ -308,8 +316,8 @@ def load_checkpoint(
     weights = side.parent / name
     record = _matching(weights, raw, "weights")
     meta = CheckpointMeta.from_json(record, side)
-    _check_tensors(weights, meta.model_config, side)
-    model = build_model(meta.model_config)
+    _check_tensors(weights, meta, side)
+    model = build_network(meta)
     try:
         state = load_file(str(weights))
         model.load_state_dict(state, strict=True)
@@ -330,18 +338,27 @@ _ST_DTYPES = {
 }
 
 
-def _check_tensors(weights: Path, cfg: Any, side: Path) -> None:
-    """The weights file's tensor names, shapes and dtypes against the network the config
+def build_network(meta: CheckpointMeta) -> nn.Module:
+    """The (untrained) network ``meta`` describes: its ``model_config``, or an
+    :class:`~covseg.models.ensemble.Ensemble` of its ``members``."""
+    from covseg.models import build_model
+    from covseg.models.ensemble import Ensemble
+
+    if meta.members:
+        return Ensemble([build_model(c) for c in meta.members])
+    return build_model(meta.model_config)
+
+
+def _check_tensors(weights: Path, meta: CheckpointMeta, side: Path) -> None:
+    """The weights file's tensor names, shapes and dtypes against the network the metadata
     describes, built on the meta device (no memory), before the real network is built: a
     config that widens the model, or weights stored as int8/bool, fail here.
 
     Raises:
         CheckpointError: not a safetensors file, or a tensor that does not fit.
     """
-    from covseg.models import build_model
-
     with torch.device("meta"):
-        expected = build_model(cfg).state_dict()
+        expected = build_network(meta).state_dict()
     try:
         with safe_open(str(weights), framework="pt") as f:
             found = {}

@@ -193,7 +193,8 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
         default="basic",
         help="basic: flips, small rotations/zooms, contrast; robust: also up-down flips, zoom "
         "0.5-2x, crops to the lungs, windows, gamma, CLAHE, noise, blur; robust_lungs: robust "
-        "with 3 in 4 slices cropped to the lungs (the framing of --framing lungs)",
+        "with 3 in 4 slices cropped to the lungs (the framing of --framing lungs); "
+        "robust_clahe_first: robust with CLAHE on the whole picture, before the framing",
     )
     p.add_argument(
         "--sampling",
@@ -507,6 +508,40 @@ def _run_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- ensemble
+def _add_ensemble(sub: argparse._SubParsersAction) -> Runner:
+    p = sub.add_parser(
+        "ensemble",
+        help="join trained checkpoints into one (mean of their probabilities)",
+        description="Save the ensemble of two or more checkpoints (the mean of their "
+        "probabilities, as nnU-Net averages its folds) as one checkpoint that segment, "
+        "evaluate, export-onnx and serve take like any other. With --data, its post-processing "
+        "is chosen again on the validation slices the members held out (they must have been "
+        "trained on the same cases with the same validation split).",
+    )
+    p.add_argument("checkpoint", nargs="+", help="RUN/best.safetensors (or 'pretrained'), 2+")
+    p.add_argument("--out", required=True, help="the ensemble's .safetensors (.json beside it)")
+    p.add_argument("--data", nargs="+", help="the members' prepared dataset(s), in their order")
+    p.add_argument("--framing", choices=FRAMINGS, help="default: the first member's")
+    p.add_argument("--device", choices=DEVICES, default="cpu")
+    return _run_ensemble
+
+
+def _run_ensemble(args: argparse.Namespace) -> int:
+    from covseg.training.ensemble import ensemble
+
+    meta = ensemble(
+        args.checkpoint, args.out, data_root=args.data, framing=args.framing, device=args.device
+    )
+    val = meta.metrics.get("val_dice_postprocessed")
+    print(
+        f"{args.out}: {len(meta.members)} members, framing {meta.preprocessing.framing}, "
+        f"{meta.postprocessing} ({meta.postprocessing_source}"
+        + (f", val Dice {val:.4f})" if val is not None else ")")
+    )
+    return 0
+
+
 # --------------------------------------------------------------------------- serve
 def _add_serve(sub: argparse._SubParsersAction) -> Runner:
     p = sub.add_parser("serve", help="local web viewer: upload scans, see masks and reports")
@@ -553,6 +588,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], Runner]] = [
     _add_evaluate,
     _add_segment,
     _add_export_onnx,
+    _add_ensemble,
     _add_serve,
 ]
 

@@ -40,7 +40,7 @@ FRAMINGS = ("full", "lungs")
 #: Where training and inference run (``--device``): ``auto`` picks CUDA when available.
 DEVICES = ("auto", "cpu", "cuda")
 #: The training augmentations (:data:`covseg.data.augment.PROFILES`, ``--augmentation``).
-AUGMENTATIONS = ("basic", "robust", "robust_lungs")
+AUGMENTATIONS = ("basic", "robust", "robust_lungs", "robust_clahe_first")
 #: The network's first step (``ModelConfig.input_norm``, ``--input-norm``): none, or a per-slice
 #: histogram equalisation.
 INPUT_NORMS = ("none", "equalize")
@@ -300,7 +300,8 @@ class TrainConfig:
             up-down flips, zoom 0.5-2x with aspect jitter, crops to the lungs, re-windowing,
             gamma, CLAHE, noise, blur: for a model that must not care about framing and window)
             or ``"robust_lungs"`` (``"robust"`` with most slices cropped to the lungs, the
-            framing of ``--framing lungs``).
+            framing of ``--framing lungs``) or ``"robust_clahe_first"`` (``"robust"`` with
+            its CLAHE on the whole picture, before the framing).
         sampling: how an epoch draws its slices from several datasets (``--data A B``):
             ``"slices"``: every training slice once; ``"sources"``: as many slices as there are,
             drawn with replacement so that each dataset gives an equal share (a small dataset is
@@ -350,7 +351,7 @@ class TrainConfig:
     dice: float = 0.0
     dice_mode: Literal["batch", "slice"] = "batch"
     augment: bool = True
-    augmentation: Literal["basic", "robust", "robust_lungs"] = "basic"
+    augmentation: Literal["basic", "robust", "robust_lungs", "robust_clahe_first"] = "basic"
     sampling: Literal["slices", "sources"] = "slices"
     derived_lung_weight: float = 1.0
     val_fraction: float = 0.12

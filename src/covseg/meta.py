@@ -58,6 +58,8 @@ class CheckpointMeta:
         postprocessing_source: how ``postprocessing`` was chosen.
         sha256: of the weights file (set by :func:`save_checkpoint` / :func:`load_checkpoint`).
         covseg_version: the covseg that wrote it.
+        members: for an ensemble (:class:`~covseg.models.ensemble.Ensemble`), every member's
+            network in order, ``model_config`` being the first; empty for a single network.
     """
 
     model_config: ModelConfig
@@ -70,6 +72,11 @@ class CheckpointMeta:
     postprocessing_source: str | None = None
     sha256: str | None = None
     covseg_version: str = __version__
+    members: tuple[ModelConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.members and self.members[0] != self.model_config:
+            raise ValueError("an ensemble's model_config must be its first member's")
 
     def replace(self, **changes: Any) -> CheckpointMeta:
         """A copy with ``changes`` applied."""
@@ -93,6 +100,7 @@ class CheckpointMeta:
             "postprocessing_source": self.postprocessing_source,
             "covseg_version": self.covseg_version,
             "sha256": self.sha256,
+            **({"ensemble": [to_dict(c) for c in self.members]} if self.members else {}),
         }
 
     @classmethod
@@ -142,6 +150,15 @@ class CheckpointMeta:
             epoch = record.get("epoch")
             if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool)):
                 raise ValueError(f"not an integer: {epoch!r}")
+            field = "ensemble"
+            members = record.get("ensemble") or []
+            if not isinstance(members, list) or not all(isinstance(c, dict) for c in members):
+                raise ValueError("not a list of model configs")
+            if len(members) == 1:
+                raise ValueError("an ensemble needs at least two members")
+            configs = tuple(from_dict(ModelConfig, c) for c in members)
+            if configs and configs[0] != model_config:
+                raise ValueError("its first member is not model_config")
             field = "sha256"
             sha = record.get("sha256")
             if sha is not None and not isinstance(sha, str):
@@ -159,4 +176,5 @@ class CheckpointMeta:
             postprocessing_source=record.get("postprocessing_source"),
             sha256=sha,
             covseg_version=str(record.get("covseg_version", "unknown")),
+            members=configs,
         )

@@ -71,6 +71,9 @@ class AugmentConfig:
             with probability ``prob``, e.g. ``(0.6, 1.7)``.
         clahe_prob: probability of a per-slice min-max followed by CLAHE
             (``skimage.exposure.equalize_adapthist``, ``clip_limit ~ U(0.01, 0.05)``).
+        clahe_first: apply the CLAHE step to the whole picture before any framing (flips,
+            rotation, crops, zoom), as a picture's producer equalised it before anyone framed
+            it; ``False``: to the framed picture, after the window and gamma steps.
         minmax_prob: probability of a per-slice min-max alone (before the CLAHE step).
         noise_std: Gaussian noise of sigma ``~ U(0, noise_std)``, with probability 0.2.
         blur_sigma: Gaussian blur of sigma ``~ U(0.3, blur_sigma)`` per axis, with
@@ -94,6 +97,7 @@ class AugmentConfig:
     window_prob: float = 0
     gamma_range: tuple[float, float] | None = None
     clahe_prob: float = 0
+    clahe_first: bool = False
     minmax_prob: float = 0
     noise_std: float = 0
     blur_sigma: float = 0
@@ -141,6 +145,9 @@ PROFILES: dict[str, AugmentConfig] = {
     ),
 }
 PROFILES["robust_lungs"] = dataclasses.replace(PROFILES["robust"], crop_lungs_prob=0.75)
+#: ``"robust"`` with its CLAHE step on the whole picture, before the framing (the scale at which
+#: an equalised picture reaches ``segment``).
+PROFILES["robust_clahe_first"] = dataclasses.replace(PROFILES["robust"], clahe_first=True)
 
 
 # ----------------------------------------------------------------------------- hand-written
@@ -363,6 +370,8 @@ def make_augment(cfg: AugmentConfig | None, seed: int = 0) -> Callable[[dict], d
     modes = ["bilinear" if k == "image" else "nearest" for k in keys]
     scale = 0 if cfg.zoom_range is not None else cfg.scale
     ts: list = []
+    if cfg.clahe_prob > 0 and cfg.clahe_first:
+        ts.append(_Clahe(cfg.clahe_prob, seed, _CLAHE))
     if cfg.flip:
         ts.append(RandFlipd(keys=keys, prob=cfg.prob, spatial_axis=1))
     if cfg.vflip:
@@ -394,7 +403,7 @@ def make_augment(cfg: AugmentConfig | None, seed: int = 0) -> Callable[[dict], d
         ts.append(_Gamma(cfg.gamma_range, cfg.prob, seed))
     if cfg.minmax_prob > 0:
         ts.append(_MinMax(cfg.minmax_prob, seed, _MINMAX))
-    if cfg.clahe_prob > 0:
+    if cfg.clahe_prob > 0 and not cfg.clahe_first:
         ts.append(_Clahe(cfg.clahe_prob, seed, _CLAHE))
     if cfg.intensity > 0:
         ts.append(RandScaleIntensityd(keys="image", factors=cfg.intensity, prob=cfg.prob))

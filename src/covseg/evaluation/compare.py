@@ -103,6 +103,7 @@ def _settings(root: Path) -> dict[str, Any]:
                 "model": model.model,
                 "lung_gate": model.lung_gate,
                 "use_inception": model.use_inception,
+                **({"ensemble_members": len(meta.members)} if meta.members else {}),
                 **(
                     {}
                     if train is None

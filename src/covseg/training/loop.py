@@ -45,7 +45,13 @@ from covseg.training.losses import BifurcatedLoss
 from covseg.training.selection import Item, select_postprocessing
 from covseg.training.state import restore, save_last, write_log
 
-__all__ = ["choose_postprocessing", "fold_cases", "train"]
+__all__ = [
+    "choose_postprocessing",
+    "chosen_postprocessing",
+    "fold_cases",
+    "train",
+    "validation_slices",
+]
 
 log = logging.getLogger(__name__)
 
@@ -347,21 +353,66 @@ def choose_postprocessing(
         DataError: a checkpoint without recorded training cases, or data without them.
     """
     meta = read_meta(checkpoint)
+    images, truth = validation_slices(meta, data_root, str(checkpoint))
+    assert meta.train_config is not None
+    return _choose_postprocessing(
+        Path(checkpoint), images, truth, meta.train_config, resolve_device(device), framing=framing
+    )
+
+
+def validation_slices(
+    meta: CheckpointMeta, data_root: str | Path | Sequence[str | Path], where: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The validation slices a run held out (images, truth): the same split of its recorded
+    training cases with its recorded seed and fraction.
+
+    Raises:
+        DataError: a checkpoint without recorded training cases, data without them, or a run
+            that held out no validation slices (``where`` names the checkpoint).
+    """
     cfg, cases = meta.train_config, list(meta.data.train_cases)
     if cfg is None or not cases:
-        raise DataError(f"{checkpoint}: no recorded training run to take validation slices from")
+        raise DataError(f"{where}: no recorded training run to take validation slices from")
     data = open_prepared(data_root)
     missing = sorted(set(cases) - set(data.case_ids))
     if missing:
-        raise DataError(f"{checkpoint}: training case {missing[0]!r} is not in the data")
+        raise DataError(f"{where}: training case {missing[0]!r} is not in the data")
     _, val_items = split_validation(
         data, cases, fraction=cfg.val_fraction, by=cfg.val_by, seed=cfg.seed
     )
     if not val_items:
-        raise DataError(f"{checkpoint}: its run held out no validation slices")
-    images, truth = _stack(data, val_items)
-    dev = resolve_device(device)
-    return _choose_postprocessing(Path(checkpoint), images, truth, cfg, dev, framing=framing)
+        raise DataError(f"{where}: its run held out no validation slices")
+    return _stack(data, val_items)
+
+
+def chosen_postprocessing(
+    model: nn.Module,
+    meta: CheckpointMeta,
+    images: np.ndarray,
+    truth: np.ndarray,
+    cfg: TrainConfig,
+    device: torch.device,
+    framing: str | None = None,
+) -> CheckpointMeta:
+    """``meta`` with the post-processing :func:`select_postprocessing` picks for ``model`` on
+    the validation slices (seen with ``framing``, or ``meta``'s), that framing, and
+    ``val_dice_postprocessed``; nothing is written."""
+    pre = meta.preprocessing
+    if framing is not None:
+        pre = dataclasses.replace(pre, framing=framing)
+    lung, inf = _probabilities(model, images, pre, cfg.batch_size, device)
+    sel = select_postprocessing(
+        [Item(lung, inf, truth)],
+        pre.size,
+        min_components=cfg.min_component_candidates,
+        lung_margins=cfg.lung_margin_candidates,
+    )
+    return meta.replace(
+        preprocessing=pre,
+        postprocessing=sel.postprocessing,
+        metrics={**meta.metrics, "val_dice_postprocessed": sel.dice},
+        postprocessing_source=f"chosen on {sel.n_slices} validation slices",
+    )
 
 
 def _choose_postprocessing(
@@ -375,23 +426,18 @@ def _choose_postprocessing(
     """Select the checkpoint's post-processing on the validation slices (with ``framing``, or
     the checkpoint's); record both in one write."""
     model, meta = load_checkpoint(side, device=device)
-    pre = meta.preprocessing
-    if framing is not None:
-        pre = dataclasses.replace(pre, framing=framing)
-    lung, inf = _probabilities(model, images, pre, cfg.batch_size, device)
-    sel = select_postprocessing(
-        [Item(lung, inf, truth)],
-        pre.size,
-        min_components=cfg.min_component_candidates,
-        lung_margins=cfg.lung_margin_candidates,
-    )
-    metrics = {**meta.metrics, "val_dice_postprocessed": sel.dice}
+    new = chosen_postprocessing(model, meta, images, truth, cfg, device, framing=framing)
     updated = update_meta(
         side,
-        preprocessing=pre,
-        postprocessing=sel.postprocessing,
-        metrics=metrics,
-        postprocessing_source=f"chosen on {sel.n_slices} validation slices",
+        preprocessing=new.preprocessing,
+        postprocessing=new.postprocessing,
+        metrics=new.metrics,
+        postprocessing_source=new.postprocessing_source,
     )
-    log.info("%s: post-processing %s (val Dice %.4f)", side, sel.postprocessing, sel.dice)
+    log.info(
+        "%s: post-processing %s (val Dice %.4f)",
+        side,
+        updated.postprocessing,
+        updated.metrics["val_dice_postprocessed"],
+    )
     return updated
