@@ -359,3 +359,20 @@ def test_segment_refuses_a_tampered_checkpoint(kind, tmp_path):
     if kind == "json_future_format":
         assert "format 7 needs covseg >= 3.2.0" in lines[0]
     assert not out.exists()
+
+
+def test_a_full_disk_names_the_checkpoint_not_its_temporary_file(tmp_path, monkeypatch):
+    """A refused write (full disk, a folder that takes no files) is reported on the file the
+    user asked for; the hidden temporary name means nothing to them."""
+    import errno
+    import tempfile
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / ".x.tmp123"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+    target = tmp_path / "run" / "best.safetensors"
+    with pytest.raises(OSError) as info:
+        save_checkpoint(target, build_model(TINY), CheckpointMeta(model_config=TINY))
+    assert info.value.filename == str(target) and info.value.errno == errno.ENOSPC
+    assert not list(tmp_path.rglob("*.json"))

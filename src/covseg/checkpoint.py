@@ -114,7 +114,10 @@ def _write_tensors(
 ) -> Path:
     """Write ``tensors`` completely to a temporary file next to ``path``; return its name (the
     caller renames it into place). A failed write leaves no temporary file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as err:  # name the file asked for, not the temporary one
+        raise OSError(err.errno, err.strerror, str(path)) from None
     os.close(fd)
     try:
         save_file(
