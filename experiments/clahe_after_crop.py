@@ -22,6 +22,8 @@ from covseg.checkpoint import load_checkpoint
 from covseg.config import FRAMINGS
 from covseg.data.dataset import open_prepared
 from covseg.evaluation import robustness as rob
+from covseg.evaluation.metrics import confusion
+from covseg.evaluation.metrics import dice as dice_of
 from covseg.inference.segmenter import Segmenter
 
 
@@ -58,10 +60,8 @@ def main() -> None:
             }
             for name, v in variants.items():
                 masks = seg.segment_prepared(np.clip(v.raw.astype(np.float32), 0, 1))
-                for pred, t in zip(masks.infection, v.truth, strict=True):
-                    both = int(pred.sum()) + int(t.sum())
-                    d = 1.0 if both == 0 else 2 * int((pred & t).sum()) / both
-                    dice.setdefault(name, []).append(d)
+                per_slice = dice_of(*confusion(masks.infection, v.truth, axes=(1, 2)))
+                dice.setdefault(name, []).extend(per_slice.tolist())
         row = ", ".join(f"{k} {np.mean(v):.4f}" for k, v in dice.items())
         print(f"fold {fold + 1} ({len(dice['plain'])} {args.source} slices): {row}", flush=True)
 

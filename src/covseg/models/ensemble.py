@@ -36,7 +36,6 @@ class Ensemble(nn.Module):
         members: the networks (state-dict keys ``members.{i}.*``).
         cfg: the first member's config (what code that asks a network for its config, e.g. for
             its kind, reads).
-        configs: every member's config, in order.
 
     Raises:
         ValueError: fewer than two members, or members of different kinds.
@@ -54,10 +53,6 @@ class Ensemble(nn.Module):
     @property
     def cfg(self) -> ModelConfig:
         return self.members[0].cfg  # type: ignore[return-value]
-
-    @property
-    def configs(self) -> tuple[ModelConfig, ...]:
-        return tuple(m.cfg for m in self.members)  # type: ignore[misc]
 
     def forward(self, x: torch.Tensor) -> SegOutput:
         outs = [m(x) for m in self.members]
