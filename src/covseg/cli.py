@@ -178,6 +178,13 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--schedule", choices=["cosine", "plateau", "none"], default="cosine")
     p.add_argument("--patience", type=int, default=20, help="early stopping (0 = off)")
+    p.add_argument(
+        "--keep-epochs",
+        type=int,
+        default=0,
+        help="also keep the weights of the last N epochs (epochNNN.safetensors; for weight "
+        "averaging)",
+    )
     p.add_argument("--dice-loss", type=float, default=0.0, help="extra soft-Dice weight")
     p.add_argument(
         "--dice-mode",
@@ -257,6 +264,7 @@ def _build_configs(args: argparse.Namespace):
         lr=args.lr,
         schedule=args.schedule,
         patience=args.patience,
+        keep_epochs=args.keep_epochs,
         dice=args.dice_loss,
         dice_mode=args.dice_mode,
         augment=not args.no_augment,

@@ -268,6 +268,17 @@ PRESETS["fast4"] = PRESETS["small"].replace(
 # within the guard's 0.01; `fast4` 0.643 / 0.701). docs/fast_preset.md has every candidate;
 # their configs are in benchmarks/fast_alternatives.py.
 PRESETS["fast"] = PRESETS["small"].replace(stem="conv", fusion_inputs="paper", refine_channels=16)
+# `fast4_wide` (2026-12-06, issue 40): `fast4` at twice the width everywhere (about 4x the
+# parameters and FLOPs at the same H/4 resolution): the capacity test of the shipped recipe, the
+# network the only change.
+PRESETS["fast4_wide"] = PRESETS["fast4"].replace(
+    encoder_channels=(64, 96, 128, 192, 320),
+    lung_decoder_channels=(32, 32, 48, 64, 96),
+    infection_decoder_channels=(64, 64, 96, 160, 256),
+    fusion_channels=(48, 32, 32),
+    stem_channels=32,
+    refine_channels=48,
+)
 
 
 @dataclass(frozen=True)
@@ -335,6 +346,9 @@ class TrainConfig:
             slices are already in memory and workers only add start-up time).
         threads: torch CPU threads; 0 = all cores (divided among the processes of a torchrun
             job). Lower it when several trainings share one machine.
+        keep_epochs: also keep the weights of the last ``keep_epochs`` epochs as
+            ``epochNNN.safetensors`` (0 = none): the snapshots that weight averaging (SWA,
+            :func:`covseg.training.swa.average_snapshots`) is built from.
     """
 
     epochs: int = 100
@@ -371,6 +385,7 @@ class TrainConfig:
     amp: bool = True
     workers: int = -1
     threads: int = 0
+    keep_epochs: int = 0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -407,6 +422,7 @@ class TrainConfig:
             "repeat": 0,
             "workers": -1,
             "threads": 0,
+            "keep_epochs": 0,
         }
         for name, low in at_least.items():
             value = getattr(self, name)

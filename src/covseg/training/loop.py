@@ -232,6 +232,8 @@ def _train(
             if improved:
                 save_checkpoint(out / "best.safetensors", model, epoch_meta)
             save_last(out, model, opt, sched, counters, epoch_meta)
+            if epoch + 1 > cfg.epochs - cfg.keep_epochs:
+                save_checkpoint(out / f"epoch{epoch + 1:03d}.safetensors", model, epoch_meta)
             write_log(out / "log.csv", rows)
         bar.set_postfix(loss=f"{losses['loss']:.4f}", val_dice=f"{val_dice:.4f}")
         if cfg.patience and counters["bad_epochs"] >= cfg.patience:

@@ -80,7 +80,7 @@ def save_last(
 
 #: Training settings a resumed run may change without ``--force``: where and how fast it runs,
 #: and how long it goes on.
-RESUMABLE = frozenset({"epochs", "patience", "device", "workers", "threads"})
+RESUMABLE = frozenset({"epochs", "patience", "device", "workers", "threads", "keep_epochs"})
 
 
 def settings_changes(
