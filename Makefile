@@ -15,7 +15,7 @@ NPM_DIR := .viewer-npm
 VIEWER_DIR := src/covseg/serve/static/vendor/niivue
 VIEWER_STAMP := $(VIEWER_DIR)/.installed-$(NIIVUE_VERSION)
 
-.PHONY: install viewer demo test screenshot lint format bench pretrained clean
+.PHONY: install viewer demo test docs-check screenshot lint format bench pretrained clean
 
 install: $(STAMP) $(VIEWER_STAMP)
 
@@ -49,6 +49,11 @@ demo: $(STAMP)
 
 test: $(STAMP) $(VIEWER_STAMP)
 	$(PY) -m pytest -q
+
+# The README's demo figures rerun and compared within tolerance, every relative link in README,
+# MODEL_CARD and docs/, and their length limits (tests/test_docs.py; `make test` runs it too).
+docs-check: $(STAMP)
+	$(PY) -m pytest -q tests/test_docs.py
 
 # The README's screenshot of `covseg serve` (docs/serve.png), made by its browser test.
 screenshot: $(STAMP) $(VIEWER_STAMP)

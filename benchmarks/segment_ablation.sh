@@ -17,7 +17,7 @@ trap 'git -C "$ROOT" worktree remove --force "$WORK/before" >/dev/null 2>&1 || t
 SCAN=${SCAN:-$WORK/scan.nii.gz}
 CKPT=${CKPT:-$ROOT/src/covseg/pretrained/model.safetensors}
 if [ ! -f "$SCAN" ]; then
-  "$PY" -c "import sys; sys.path.insert(0, '$ROOT/benchmarks'); import run; from pathlib import Path; run.write_volume((512, 512, 300), Path('$SCAN'))"
+  "$PY" -c "import sys; sys.path.insert(0, '$ROOT/benchmarks'); import bench_segment; from pathlib import Path; bench_segment.write_volume((512, 512, 300), Path('$SCAN'))"
 fi
 git -C "$ROOT" worktree add --detach "$WORK/before" "$BEFORE" >/dev/null 2>&1
 # a copy, names kept (the JSON records its weights file name)

@@ -1,6 +1,7 @@
 """A model's lung masks on ../shared/data/zenodo-lung5 (expert lung masks), through the NIfTI
 path of `covseg segment`: each slice is written as a one-slice NIfTI with its orientation, segmented
-by `Segmenter.predict_file` and the written `<case>_lungs.nii.gz` is scored against the expert mask.
+by `covseg.inference.outputs.segment_file` and the written `<case>_lungs.nii.gz` is scored against
+the expert mask.
 
 The .npy slices are nibabel voxel arrays (rows = voxel i, columns = voxel j). Their expert labels
 (1 = left lung, 2 = right lung) sit at large i for the left lung and the spine at small j, so voxel
@@ -21,6 +22,7 @@ import numpy as np
 
 from covseg import Segmenter
 from covseg.evaluation.metrics import confusion, dice
+from covseg.inference.outputs import segment_file
 
 
 def main() -> None:
@@ -39,7 +41,7 @@ def main() -> None:
             nii = Path(tmp) / f"{image_file.stem}.nii.gz"
             affine = np.diag([-0.7, 0.7, 1.0, 1.0])
             nib.save(nib.Nifti1Image(image[:, :, None].astype(image.dtype), affine), nii)
-            result = seg.predict_file(nii, Path(tmp) / "out")
+            result = segment_file(seg, nii, Path(tmp) / "out")
             lungs = np.asarray(nib.load(result.paths["lungs"]).dataobj)[:, :, 0] > 0
             score = float(dice(*confusion(lungs, truth)))
             rows[image_file.stem] = score

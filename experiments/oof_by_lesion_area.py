@@ -1,7 +1,7 @@
 """Out-of-fold per-slice Dice of finished `covseg cv` runs, by the truth lesion's area.
 
 Every run predicts its own test slices with its ``--kind`` checkpoint through the `segment` path
-(:func:`covseg.evaluation.oof.collect_oof`) and its own validated post-processing; the slices are
+(:func:`covseg.studies.oof.collect_oof`) and its own validated post-processing; the slices are
 then grouped by the truth lesion's pixel count at the original resolution. With ``--slices`` the
 slices under the last bin edge are listed with each run's Dice and predicted area, to see which
 slices a network loses and whether they are the same from seed to seed::
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from covseg.data.dataset import PreparedDataset
-from covseg.evaluation.oof import collect_oof
 from covseg.inference.postprocess import masks_from_probabilities
+from covseg.studies.oof import collect_oof
 
 
 def per_slice(cv_dir: Path, data: PreparedDataset, kind: str) -> dict[str, tuple[int, float, int]]:

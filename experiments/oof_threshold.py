@@ -1,6 +1,6 @@
 """Out-of-fold look at a finished `covseg cv`, and the post-processing of the shipped model.
 
-The library does the work (:mod:`covseg.evaluation.oof`): every run predicts its own test fold
+The library does the work (:mod:`covseg.studies.oof`): every run predicts its own test fold
 through the same Segmenter as `covseg segment` (original resolution, lung restriction), and the
 post-processing grid (threshold x minimum component x lung margin) is searched on those
 out-of-fold predictions by the same selection that training runs on its validation slices.
@@ -29,7 +29,7 @@ import json
 from pathlib import Path
 
 from covseg.data.dataset import open_prepared
-from covseg.evaluation.oof import collect_oof, select_on_oof, ship, summary
+from covseg.studies.oof import collect_oof, select_on_oof, ship, summary
 
 
 def _by_source(rec: dict) -> str:

@@ -1,7 +1,7 @@
 """Choose a trained checkpoint's post-processing again on its own validation slices, with another
-framing (`covseg.training.loop.choose_postprocessing`): what `covseg train --framing F` would
-have chosen at the end of the same run. The weights are untouched; the checkpoint's JSON gets
-the framing, the post-processing and `val_dice_postprocessed`.
+framing (`covseg.training.validation.choose_postprocessing`): what `covseg train --framing F`
+would have chosen at the end of the same run. The weights are untouched; the checkpoint's JSON
+gets the framing, the post-processing and `val_dice_postprocessed`.
 
 Usage: .venv/bin/python experiments/rechoose_postprocessing.py RUN/last.safetensors \
            --data prepared/medseg100 prepared/zenodo10 --framing lungs [--threads 1]
@@ -14,7 +14,7 @@ import argparse
 import torch
 
 from covseg.config import FRAMINGS
-from covseg.training.loop import choose_postprocessing
+from covseg.training.validation import choose_postprocessing
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 """Score any checkpoint on one test fold of a finished `covseg cv` folder, through the same path as
-the cross-validation's own runs (`covseg.evaluation.crossval.evaluate_test_fold`: the masks
+the cross-validation's own runs (`covseg.studies.crossval.evaluate_test_fold`: the masks
 `segment` writes, the robustness variants with --robustness), so that an outside model (e.g. a
 previously shipped one) gets figures paired with the fold's runs.
 
@@ -21,8 +21,8 @@ from pathlib import Path
 from covseg.checkpoint import load_checkpoint, save_checkpoint
 from covseg.config import DEVICES, FRAMINGS
 from covseg.data.dataset import open_prepared
-from covseg.evaluation.crossval import evaluate_test_fold, run_dir
 from covseg.meta import DataRecord
+from covseg.studies.crossval import evaluate_test_fold, run_dir
 
 
 def main() -> None:

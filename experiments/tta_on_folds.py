@@ -21,7 +21,8 @@ import torch
 
 from covseg.checkpoint import load_checkpoint, read_meta
 from covseg.data.dataset import open_prepared
-from covseg.evaluation.evaluate import original_cases, score_cases
+from covseg.evaluation.cases import original_cases
+from covseg.evaluation.evaluate import score_cases
 from covseg.evaluation.report import load_runs
 from covseg.inference.segmenter import Segmenter
 

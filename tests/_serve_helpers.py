@@ -1,5 +1,6 @@
 """Helpers of the ``covseg serve`` tests: a real server in a subprocess, a headless Chromium,
-and the pixel counts of viewer screenshots."""
+and what the tests read off the page (pixel counts of screenshots, the viewer's redraws,
+timings). The fixtures are in ``_serve_fixtures`` (``pytest_plugins``)."""
 
 from __future__ import annotations
 
@@ -40,10 +41,6 @@ def browser_missing() -> str | None:
         import playwright.sync_api  # noqa: F401
     except ImportError:
         return "the playwright package is not installed (pip install -e '.[dev]')"
-    from covseg.serve.app import VIEWER_JS
-
-    if not VIEWER_JS.is_file():
-        return f"the viewer is not installed ({VIEWER_JS} is missing: make viewer)"
     return None
 
 
@@ -77,7 +74,7 @@ class Served:
             return json.load(r)
 
 
-def start_server(*args: str, cwd: Path, timeout: float = 30) -> Served:
+def start_server(*args: str, cwd: Path, timeout: float = 60) -> Served:
     """``python -m covseg serve --port 0 ARGS`` (one torch thread); returns when ``/`` answers.
 
     ``startup_s`` is the time from starting the process until the page is served.
@@ -149,3 +146,62 @@ def coloured_pixels(png: bytes) -> dict[str, int]:
         "infection": int(((r - np.maximum(g, b)) > 100).sum()),
         "lungs": int(((g - np.maximum(r, b)) > 40).sum()),
     }
+
+
+# ------------------------------------------------------------------ reading the page
+SHOWN = "body[data-shown]:not([data-shown=''])"
+
+
+def shown_job(page, served, timeout: float = 120) -> dict:
+    """The job whose images the viewer shows, once it shows one.
+
+    Raises:
+        AssertionError: an error message appeared on the page first.
+    """
+    errors = page.locator(".error-text").count()
+    page.wait_for_function(
+        """(errors) => document.querySelector("body[data-shown]:not([data-shown=''])")
+            || document.querySelectorAll(".error-text").length > errors""",
+        arg=errors,
+        timeout=timeout * 1000,
+    )
+    if page.locator(".error-text").count() > errors:
+        raise AssertionError(page.locator(".error-text").first.inner_text())
+    job_id = page.get_attribute("body", "data-shown")
+    return page.request.get(f"{served.url}api/jobs/{job_id}").json()
+
+
+def renders(page) -> int:
+    """How many times the viewer has drawn its canvas."""
+    return int(page.get_attribute("#viewer", "data-renders") or 0)
+
+
+#: JS: do ``[what, selector, value]`` (``click``; ``key``: a keydown of ``value``; ``change`` or
+#: ``input``: set ``value`` and fire that event), then wait until the viewer has drawn once
+#: more; the milliseconds in between.
+_TIMED = """async ([what, selector, value]) => {
+    const box = document.getElementById("viewer");
+    const before = Number(box.dataset.renders || 0);
+    const drawn = new Promise((resolve) => {
+        const watch = new MutationObserver(() => {
+            if (Number(box.dataset.renders) > before) { watch.disconnect(); resolve(); }
+        });
+        watch.observe(box, { attributes: true, attributeFilter: ["data-renders"] });
+    });
+    const el = document.querySelector(selector);
+    const t0 = performance.now();
+    if (what === "click") el.click();
+    else if (what === "key") {
+        el.dispatchEvent(new KeyboardEvent("keydown", { key: value, bubbles: true }));
+    } else {
+        el.value = value;
+        el.dispatchEvent(new Event(what, { bubbles: true }));
+    }
+    await drawn;
+    return performance.now() - t0;
+}"""
+
+
+def timed(page, what: str, selector: str, value: str = "") -> float:
+    """Milliseconds from an action on the page until the viewer has drawn its result."""
+    return page.evaluate(_TIMED, [what, selector, value])

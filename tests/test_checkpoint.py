@@ -9,7 +9,7 @@ import torch
 
 from _train_helpers import TINY
 from covseg.checkpoint import (
-    ENSEMBLE_FORMAT,
+    CALIBRATED_FORMAT,
     FORMAT,
     load_checkpoint,
     load_train_state,
@@ -78,10 +78,10 @@ def test_future_format_names_the_version_needed(saved):
     _, path = saved
     side = path.with_suffix(".json")
     meta = json.loads(side.read_text())
-    meta.update(format=ENSEMBLE_FORMAT + 1, requires_covseg="9.1.0")
+    meta.update(format=CALIBRATED_FORMAT + 1, requires_covseg="9.1.0")
     side.write_text(json.dumps(meta))
     with pytest.raises(
-        CheckpointError, match=r"best\.json: checkpoint format 4 needs covseg >= 9\.1\.0"
+        CheckpointError, match=r"best\.json: checkpoint format 5 needs covseg >= 9\.1\.0"
     ):
         load_checkpoint(path)
 

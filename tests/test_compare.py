@@ -18,8 +18,8 @@ from covseg.data.dataset import PreparedDataset
 from covseg.data.preprocess import normalize_intensity
 from covseg.data.synthetic import make_phantom
 from covseg.errors import DataError
-from covseg.evaluation.compare import compare_runs, paired_test
-from covseg.evaluation.crossval import run_cv
+from covseg.studies.compare import compare_runs, paired_test
+from covseg.studies.crossval import run_cv
 
 
 def _dice_counts(dice: float, n: int = 1000) -> list[int]:

@@ -10,8 +10,8 @@ import pytest
 from _train_helpers import FAST, TINY, prepared_phantoms
 from covseg.cli import main
 from covseg.errors import DataError
-from covseg.evaluation.crossval import run_cv
 from covseg.evaluation.report import make_report
+from covseg.studies.crossval import run_cv
 
 
 def _write_run(root, fold, rep, counts, cases, surface=None):
@@ -130,8 +130,9 @@ def test_cv_runs_every_fold_then_skips_finished_runs(tmp_path, caplog):
         m = json.loads((r / "test_metrics.json").read_text())
         assert set(m) == {
             "fold", "repeat", "checkpoint", "postprocessing", "threshold", "min_component",
-            "cases", "counts", "kinds", "surface", "resolution", "per_slice_mean",
+            "cases", "counts", "kinds", "surface", "resolution", "per_slice_mean", "burden",
         }  # fmt: skip
+        assert set(m["burden"]) == set(m["cases"])  # one burden per test case (patient)
         assert (m["fold"], m["repeat"], m["checkpoint"]) == (k, 0, "best")
         best = json.loads((r / "best.json").read_text())["postprocessing"]
         assert m["postprocessing"] == best and m["threshold"] == best["threshold"]

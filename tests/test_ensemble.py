@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from _train_helpers import FAST, TINY, prepared_phantoms, tiny_checkpoint
-from covseg.checkpoint import ENSEMBLE_FORMAT, load_checkpoint, read_meta, save_checkpoint
+from covseg.checkpoint import (
+    CALIBRATED_FORMAT,
+    ENSEMBLE_FORMAT,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+)
 from covseg.cli import main
 from covseg.config import Preprocessing
 from covseg.errors import CheckpointError, DataError
@@ -108,7 +114,7 @@ def test_ensemble_json_is_checked(tmp_path):
     with pytest.raises(CheckpointError, match="first member"):
         read_meta(side)
     # a reader that knows only format 2 is told what to upgrade to
-    newer = {**record, "format": ENSEMBLE_FORMAT + 1, "requires_covseg": "9.0"}
+    newer = {**record, "format": CALIBRATED_FORMAT + 1, "requires_covseg": "9.0"}
     side.write_text(json.dumps(newer))
     with pytest.raises(CheckpointError, match=r"needs covseg >= 9\.0"):
         read_meta(side)

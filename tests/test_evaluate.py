@@ -12,7 +12,8 @@ from _train_helpers import tiny_checkpoint
 from covseg.checkpoint import read_meta
 from covseg.cli import main
 from covseg.data.dataset import PreparedDataset
-from covseg.data.io import natural_key, read_image
+from covseg.data.io import read_image
+from covseg.data.io.folders import natural_key
 from covseg.data.prepare import prepare
 from covseg.data.synthetic import write_synthetic_dataset
 from covseg.evaluation.evaluate import evaluate
@@ -76,7 +77,14 @@ def test_raw_slices_folder_at_original_resolution(tmp_path, ckpt):
     tp_fp = np.asarray(acc.counts)[:, :2].sum()
     assert 0 < tp_fp < 6 * 48 * 48  # non-trivial masks: the comparison means something
     written = json.loads((tmp_path / "m.json").read_text())
-    assert set(written) == {"n_items", "threshold", "per_slice_mean", "pooled", "by_lesion_size"}
+    keys = {"n_items", "threshold", "per_slice_mean", "pooled", "by_lesion_size", "burden"}
+    assert set(written) == keys
+    # the burden error of the same masks, by hand: per case (predicted - true) / true pixels
+    c = np.asarray(acc.counts)
+    pred_px, true_px = c[:, 0] + c[:, 1], c[:, 0] + c[:, 2]
+    rel = [(p - t) / t for p, t in zip(pred_px, true_px, strict=True) if t > 0]
+    assert written["burden"]["n_cases"] == 6
+    assert written["burden"]["median_abs_relative_error"] == pytest.approx(np.median(np.abs(rel)))
     # NaN (no truth pixel to find) compares equal through JSON
     assert json.dumps(written["by_lesion_size"]) == json.dumps(by_lesion_size(np.array(acc.counts)))
     assert set(written["per_slice_mean"]) == KEYS
@@ -112,9 +120,12 @@ def test_zenodo_volumes_and_cli(tmp_path, ckpt, capsys):
         "per_volume_mean",
         "hd95_mm",
         "nsd_3mm",
+        "burden",
     }
     assert r["n_items"] == 8 and r["threshold"] == 0.5
-    assert "| dice |" in capsys.readouterr().out
+    assert r["burden"]["n_cases"] == 2  # two volumes: one burden per patient
+    printed = capsys.readouterr().out
+    assert "| dice |" in printed and "Burden (per case)" in printed
     # the same data already prepared: metrics still at the original 40 x 40 (source in manifest)
     prepared = prepare(raw, tmp_path / "prep", size=32)
     r2 = evaluate(path, prepared, device="cpu")

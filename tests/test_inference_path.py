@@ -152,7 +152,7 @@ def test_update_meta_after_an_interrupted_save_keeps_the_checkpoint_loadable(ckp
 
 
 def test_a_slice_wider_than_the_limit_is_refused_in_one_line(ckpt, tmp_path, capsys):
-    from covseg.inference.segmenter import MAX_SIDE
+    from covseg.data.io import MAX_SIDE
 
     path = tmp_path / "wide.png"
     PILImage.fromarray(np.zeros((8, MAX_SIDE + 1), np.uint8)).save(path)

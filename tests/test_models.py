@@ -453,7 +453,8 @@ def test_equalized_network_segments_a_regamma_the_same():
 
 
 def test_input_norm_is_checked_and_recorded_in_checkpoints(tmp_path):
-    from covseg.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+    from covseg.checkpoint import load_checkpoint, save_checkpoint
+    from covseg.meta import CheckpointMeta
     from covseg.models.blocks import HistogramEqualize
 
     with pytest.raises(ValueError, match="input_norm"):

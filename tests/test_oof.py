@@ -1,4 +1,4 @@
-"""Out-of-fold scoring (`covseg.evaluation.oof`): each run's own post-processing, one shared
+"""Out-of-fold scoring (`covseg.studies.oof`): each run's own post-processing, one shared
 selection, and the selection made on the other runs only, against hand computations."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from covseg.config import PostProcessing
-from covseg.evaluation.oof import OOF, other_folds_scores, own_scores, select_on_oof, summary
+from covseg.studies.oof import OOF, other_folds_scores, own_scores, select_on_oof, summary
 from covseg.training.selection import Item
 
 SIDE = 32

@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file
 
 import covseg.checkpoint as ck
+import covseg.tensor_pair as pair
 from _train_helpers import FAST, TINY, prepared_phantoms
 from covseg.checkpoint import load_checkpoint, save_checkpoint
 from covseg.cli import main
@@ -65,7 +66,7 @@ def test_crash_while_writing_weights_keeps_the_previous_checkpoint(tmp_path, mon
         Path(filename).write_bytes(b"\0" * 1000)  # a partial temp file, then the "kill"
         raise Crash
 
-    monkeypatch.setattr(ck, "save_file", half_written)
+    monkeypatch.setattr(pair, "save_file", half_written)
     with pytest.raises(Crash):
         save_checkpoint(path, _model(1), META)
     monkeypatch.undo()
@@ -98,7 +99,7 @@ def test_crash_between_weights_and_json_keeps_a_loadable_checkpoint(tmp_path, mo
     and the previous record, the second the new alone): a kill at either must not leave a JSON
     whose sha256 names other weights (the checkpoint would be refused for good)."""
     path = save_checkpoint(tmp_path / "best.safetensors", _model(0), META)
-    real_write_json = ck.write_json
+    real_write_json = pair.write_json
     calls: list[Path] = []
 
     def killed(target, *args, **kwargs):
@@ -107,7 +108,7 @@ def test_crash_between_weights_and_json_keeps_a_loadable_checkpoint(tmp_path, mo
             raise Crash
         return real_write_json(target, *args, **kwargs)
 
-    monkeypatch.setattr(ck, "write_json", killed)
+    monkeypatch.setattr(pair, "write_json", killed)
     with pytest.raises(Crash):
         save_checkpoint(path, _model(1), META)
     monkeypatch.undo()
@@ -115,7 +116,7 @@ def test_crash_between_weights_and_json_keeps_a_loadable_checkpoint(tmp_path, mo
     loaded, meta = load_checkpoint(path)  # either the old or the new weights, but loadable
     old, new = _same_weights(loaded, _model(0)), _same_weights(loaded, _model(1))
     assert old if kill_at == 0 else new  # before the rename: old weights; after: the new ones
-    assert meta.sha256 == ck._sha256(path) and _temp_files(tmp_path) == []
+    assert meta.sha256 == pair.file_sha256(path) and _temp_files(tmp_path) == []
 
 
 _SAVE_LOOP = """
@@ -172,9 +173,9 @@ class KillPoints:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, kill_at: int | None = None) -> None:
         self.events: list[str] = []
         self.kill_at = kill_at
-        for name in ("write_json", "_write_tensors"):
-            monkeypatch.setattr(ck, name, self._wrap(getattr(ck, name), name))
-        monkeypatch.setattr(ck.os, "replace", self._wrap(os.replace, "replace", dest_arg=1))
+        for name in ("write_json", "write_tensors"):
+            monkeypatch.setattr(pair, name, self._wrap(getattr(pair, name), name))
+        monkeypatch.setattr(pair.os, "replace", self._wrap(os.replace, "replace", dest_arg=1))
 
     def _wrap(self, real, name: str, dest_arg: int = 0):
         def op(*args, **kwargs):

@@ -15,15 +15,9 @@ from covseg.data.dataset import PreparedDataset
 from covseg.data.prepare import prepare
 from covseg.data.synthetic import make_phantom, write_synthetic_dataset
 from covseg.errors import CovsegError
-from covseg.evaluation.evaluate import LabelledCase, open_labelled, score_cases
-from covseg.evaluation.robustness import (
-    VARIANTS,
-    crop_box,
-    crop_lungs,
-    score_variants,
-    variant_case,
-    zoom_out,
-)
+from covseg.evaluation.cases import LabelledCase, open_labelled
+from covseg.evaluation.evaluate import score_cases, score_variants
+from covseg.evaluation.robustness import VARIANTS, crop_box, crop_lungs, variant_case, zoom_out
 from covseg.inference.predict import predict_probabilities
 from covseg.inference.segmenter import Segmenter
 

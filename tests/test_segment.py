@@ -17,6 +17,7 @@ from covseg.data.geometry import slices_to_volume, volume_to_slices
 from covseg.data.io import Image, read_image
 from covseg.data.synthetic import make_phantom
 from covseg.inference.burden import left_right_counts
+from covseg.inference.outputs import segment_file
 from covseg.inference.segmenter import Segmenter
 from segment_tiny import fraction, save_tiny_checkpoint
 
@@ -65,7 +66,7 @@ def test_nifti_keeps_geometry_and_report_adds_up(seg, tmp_path):
     hu = make_phantom(3, (8, 40, 48))[0].transpose(2, 0, 1).copy()  # put the slices on axis 0
     aff = _oblique_affine()
     nib.save(nib.Nifti1Image(hu, aff), str(tmp_path / "ct.nii.gz"))
-    result = seg.predict_file(tmp_path / "ct.nii.gz", tmp_path / "out")
+    result = segment_file(seg, tmp_path / "ct.nii.gz", tmp_path / "out")
 
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == ["ct_infection.nii.gz", "ct_lungs.nii.gz", "ct_overlay.png", "ct_report.json"]
@@ -95,7 +96,7 @@ def test_dicom_series_keeps_geometry(seg, tmp_path):
     hu = make_phantom(4, (40, 36, 5))[0]  # (X = columns, Y = rows, Z)
     z = [3.0 * k for k in range(hu.shape[2])]
     series = write_dicom_series(tmp_path / "series", hu_to_stored(hu), z)
-    result = seg.predict_file(series, tmp_path / "out")
+    result = segment_file(seg, series, tmp_path / "out")
     ref = read_image(series)
     img = nib.load(str(tmp_path / "out" / "series_lungs.nii.gz"))
     assert img.shape == ref.array.shape == hu.shape
@@ -109,7 +110,7 @@ def test_png_in_png_out(seg, tmp_path):
     hu = make_phantom(5, (48, 44, 1))[0][:, :, 0].T  # (H, W) displayed slice
     pic = (np.clip((hu + 1250) / 1500, 0, 1) * 255).astype(np.uint8)
     PILImage.fromarray(pic).save(tmp_path / "slice_7.png")
-    result = seg.predict_file(tmp_path / "slice_7.png", tmp_path / "out")
+    result = segment_file(seg, tmp_path / "slice_7.png", tmp_path / "out")
     lungs = np.array(PILImage.open(tmp_path / "out" / "slice_7_lungs.png"))
     inf = np.array(PILImage.open(tmp_path / "out" / "slice_7_infection.png"))
     assert lungs.shape == inf.shape == pic.shape
@@ -217,7 +218,7 @@ def test_concurrent_cases_into_one_folder(checkpoint, tmp_path):
         try:
             s = Segmenter.from_checkpoint(checkpoint, device="cpu")
             for _ in range(3):
-                s.predict_file(tmp_path / "a.nii.gz", tmp_path / "out")
+                segment_file(s, tmp_path / "a.nii.gz", tmp_path / "out")
         except BaseException as err:  # pragma: no cover - reported below
             errors.append(err)
 
@@ -265,7 +266,7 @@ def test_outputs_get_the_usual_file_mode(seg, tmp_path):
     )
     old = os.umask(0o022)
     try:
-        paths = seg.predict_file(tmp_path / "m.nii.gz", tmp_path / "out").paths
+        paths = segment_file(seg, tmp_path / "m.nii.gz", tmp_path / "out").paths
     finally:
         os.umask(old)
     assert {stat.S_IMODE(p.stat().st_mode) for p in paths.values()} == {0o644}
@@ -288,5 +289,5 @@ def test_a_model_without_lung_head_is_refused(tmp_path):
         seg.predict_volume(vol.transpose(2, 1, 0))
     nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / "u.nii.gz"))
     with pytest.raises(CheckpointError, match="lung head"):
-        seg.predict_file(tmp_path / "u.nii.gz", tmp_path / "out")
+        segment_file(seg, tmp_path / "u.nii.gz", tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -27,10 +27,10 @@ from PIL import Image as PILImage
 
 from _dicom import hu_to_stored, write_dicom_series
 from _serve_helpers import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
+    SHOWN,
     browser_missing,
     coloured_pixels,
+    shown_job,
     start_server,
     wait_until,
 )
@@ -46,6 +46,7 @@ from covseg.serve import ServeConfig, create_app  # noqa: E402
 from covseg.serve.config import is_loopback  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+pytest_plugins = ["_serve_fixtures"]  # the served, browser and page fixtures
 
 SHAPE = (64, 64, 8)
 AFFINE = np.diag([-0.8, -0.8, 5.0, 1.0])
@@ -103,6 +104,15 @@ def _run(client, name: str, data: bytes) -> dict:
     return _finished(client, r.json()["id"])
 
 
+def _display(client, job: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The viewer's ``(N, H, W)`` scan and labels (bit 0 lungs, bit 1 infection)."""
+    display = job["display"]
+    dtype = {"int16": "<i2", "float32": "<f4"}[display["dtype"]]
+    ct = np.frombuffer(client.get(display["ct"]).content, dtype=dtype)
+    labels = np.frombuffer(client.get(display["labels"]).content, dtype=np.uint8)
+    return ct.reshape(display["shape"]), labels.reshape(display["shape"])
+
+
 def _download(client, job: dict, key: str) -> bytes:
     r = client.get(job["downloads"][key]["url"])
     assert r.status_code == 200
@@ -125,11 +135,15 @@ def test_nifti_upload_gives_segments_report_and_files(api, checkpoint, tmp_path)
     ]:
         assert _download(client, job, key) == (cli / name).read_bytes(), key
     assert json.loads(_download(client, job, "report")) == job["report"]
-    # The viewer gets the uploaded scan itself and segment's masks.
-    assert client.get(job["views"]["ct"]).content == scan.read_bytes()
-    infection = (cli / "scan_a_infection.nii.gz").read_bytes()
-    assert client.get(job["views"]["infection"]).content == infection
-    assert job["views"]["ct"].endswith("/view/ct.nii.gz")
+    # The viewer gets the scan and segment's masks in the report's slice order.
+    ct, labels = _display(client, job)
+    assert job["display"]["dtype"] == "int16"
+    assert np.array_equal(ct, canonical_view(read_image(scan).array, read_image(scan)))
+    assert np.array_equal(labels & 1 > 0, _canonical(cli / "scan_a_lungs.nii.gz"))
+    assert np.array_equal(labels & 2 > 0, _canonical(cli / "scan_a_infection.nii.gz"))
+    per_slice = (labels & 2 > 0).sum(axis=(1, 2)) * 0.8 * 0.8
+    assert np.allclose(per_slice, job["report"]["infection_area_per_slice"])
+    assert job["display"]["spacing_mm"] == pytest.approx([0.8, 0.8, 5.0])
 
 
 def _truncated_nifti(tmp_path: Path) -> bytes:
@@ -241,13 +255,16 @@ def test_zipped_dicom_series_gives_segments_masks(api, checkpoint, tmp_path):
     assert job["report"] == {**_report(cli, "series"), "input": "series.zip"}
     for key in ("lungs", "infection"):
         assert _download(client, job, key) == (cli / f"series_{key}.nii.gz").read_bytes()
-    # The viewer's CT: the series as read, with its RAS geometry.
-    assert job["views"]["ct"].endswith("/view/ct.nii")
-    (tmp_path / "ct.nii").write_bytes(client.get(job["views"]["ct"]).content)
-    ct = nib.load(str(tmp_path / "ct.nii"))
+    # The viewer's scan: the series as read (HU), in the report's orientation, with its RAS
+    # geometry: canonical voxel (column, row, slice) sits where the series puts it.
     image = read_image(series)
-    assert np.array_equal(np.asanyarray(ct.dataobj), image.array)
-    assert np.allclose(ct.affine, image.affine)
+    ct, labels = _display(client, job)
+    assert np.array_equal(ct, canonical_view(image.array, image))
+    assert np.array_equal(labels & 2 > 0, _canonical(cli / "series_infection.nii.gz"))
+    grids = np.meshgrid(*map(np.arange, image.array.shape), indexing="ij")
+    file_voxel = [canonical_view(g, image)[2, 5, 7] for g in grids]  # slice 2, row 5, column 7
+    world = image.affine @ [*file_voxel, 1]
+    assert np.allclose(np.asarray(job["display"]["affine"]) @ [7, 5, 2, 1], world)
 
 
 def test_picture_upload_gives_png_masks_and_one_slice_views(api, checkpoint, tmp_path):
@@ -261,17 +278,36 @@ def test_picture_upload_gives_png_masks_and_one_slice_views(api, checkpoint, tmp
     assert job["report"] == {**_report(cli, "slice_b"), "input": "slice_b.png"}
     mask = _download(client, job, "infection")
     assert mask == (cli / "slice_b_infection.png").read_bytes()
-    # Display only: 1-slice NIfTI volumes holding the picture and the masks as they are.
-    views = {}
-    for key in ("ct", "infection"):
-        (tmp_path / f"{key}.nii.gz").write_bytes(client.get(job["views"][key]).content)
-        views[key] = np.asanyarray(nib.load(str(tmp_path / f"{key}.nii.gz")).dataobj)
-    assert views["ct"].shape == (40, 48, 1)
-    assert np.array_equal(views["ct"][:, :, 0].T, np.asarray(PILImage.open(png)))
-    assert np.array_equal(
-        views["infection"][:, :, 0].T > 0,
-        np.asarray(PILImage.open(cli / "slice_b_infection.png")) > 0,
+    # The viewer: one slice, the picture as it is (grey values, no pixel size) and its masks.
+    ct, labels = _display(client, job)
+    assert ct.shape == (1, 48, 40) and job["display"]["spacing_mm"] is None
+    assert np.array_equal(ct[0], np.asarray(PILImage.open(png)))
+    infection = np.asarray(PILImage.open(cli / "slice_b_infection.png")) > 0
+    assert np.array_equal(labels[0] & 2 > 0, infection)
+
+
+@pytest.mark.parametrize("codes", [("L", "P", "S"), ("S", "R", "A"), ("P", "I", "L")])
+def test_display_geometry_puts_each_canonical_voxel_where_the_file_does(codes):
+    from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, ornt_transform
+
+    from covseg.data.io import Image
+    from covseg.serve.display import canonical_affine
+
+    shape = (5, 6, 7)
+    ras = np.diag([0.7, 0.9, 2.5, 1.0]) @ np.array(
+        [[1, 0, 0, -40], [0, 1, 0, 12], [0, 0, 1, 300], [0, 0, 0, 1.0]]
     )
+    # A file stored in another axis order: its affine is RAS's, reoriented.
+    to_file = ornt_transform(axcodes2ornt(("R", "A", "S")), axcodes2ornt(codes))
+    affine = ras @ inv_ornt_aff(to_file, shape)
+    file_shape = apply_orientation(np.zeros(shape), to_file).shape
+    image = Image(np.zeros(file_shape), affine, "nifti", Path("x.nii"))
+    grids = np.meshgrid(*map(np.arange, file_shape), indexing="ij")
+    views = [canonical_view(g, image) for g in grids]
+    mapped = canonical_affine(image)
+    for k, h, w in [(0, 0, 0), (1, 2, 3), (views[0].shape[0] - 1, 0, 2)]:
+        file_voxel = [v[k, h, w] for v in views]
+        assert np.allclose(mapped @ [w, h, k, 1], affine @ [*file_voxel, 1])
 
 
 @pytest.mark.parametrize(
@@ -324,6 +360,9 @@ def test_summary_csv_has_every_done_case_with_the_reports_numbers(api, tmp_path)
         "left_infected_percent",
         "right_lung_ml",
         "right_infected_percent",
+        "expected_infected_percent",
+        "interval_low_percent",
+        "interval_high_percent",
     ]
     by_input = {row["input"].lstrip("'"): row for row in rows}
     for job in jobs:
@@ -333,6 +372,7 @@ def test_summary_csv_has_every_done_case_with_the_reports_numbers(api, tmp_path)
         assert float(row["infected_percent"]) == rep["infection_percent"]
         assert float(row["left_infected_percent"]) == rep["left"]["infection_percent"]
         assert float(row["right_infected_percent"]) == rep["right"]["infection_percent"]
+        assert row["expected_infected_percent"] == ""  # an uncalibrated model: no estimate
     # A name a spreadsheet would run as a formula is written as text.
     assert by_input["=HYPERLINK(1).nii.gz"]["case"] == "'=HYPERLINK(1)"
     done = [j for j in client.get("/api/jobs").json()["jobs"] if j["state"] == "done"]
@@ -420,15 +460,6 @@ def test_browser_tests_say_why_they_skip(monkeypatch, tmp_path):
 
 
 # ------------------------------------------------------------------ a real server process
-@pytest.fixture(scope="module")
-def served(checkpoint, tmp_path_factory):
-    """`covseg serve` in a subprocess, with the tiny checkpoint."""
-    cwd = tmp_path_factory.mktemp("served")
-    server = start_server("--checkpoint", str(checkpoint), "--max-upload-mb", "1", cwd=cwd)
-    yield server
-    server.stop()
-
-
 def test_serve_starts_in_under_5_s_on_loopback_and_says_where(served):
     assert served.startup_s < 5, f"started in {served.startup_s:.2f} s"
     assert served.url.startswith("http://127.0.0.1:")
@@ -478,59 +509,6 @@ def test_ctrl_c_is_an_interruption_even_when_the_signal_is_lost(checkpoint, tmp_
 
 
 # ------------------------------------------------------------------------- browser tests
-@pytest.fixture(scope="module")
-def browser():
-    reason = browser_missing()
-    if reason:
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser, served):
-    """A fresh page on the served app; what it asked of anyone else, and its errors."""
-    context = browser.new_context(viewport={"width": 1360, "height": 820}, accept_downloads=True)
-    page = context.new_page()
-    page.outside = []  # type: ignore[attr-defined]
-    page.errors = []  # type: ignore[attr-defined]
-
-    def route(r):
-        if r.request.url.startswith(served.url):
-            r.continue_()
-        else:
-            page.outside.append(r.request.url)  # type: ignore[attr-defined]
-            r.abort()
-
-    page.route("**/*", route)
-    page.on("pageerror", lambda e: page.errors.append(str(e)))  # type: ignore[attr-defined]
-
-    def console(message):  # a refused upload's 4xx answer is expected, nothing else is
-        if message.type == "error" and "responded with a status of 4" not in message.text:
-            page.errors.append(message.text)  # type: ignore[attr-defined]
-
-    page.on("console", console)
-    page.goto(served.url)
-    page.wait_for_selector("body[data-viewer='ready']", timeout=30_000)
-    yield page
-    assert page.outside == [], "the page asked for something this server does not serve"
-    assert page.errors == []
-    context.close()
-
-
-SHOWN = "body[data-shown]:not([data-shown=''])"
-
-
-def _shown_job(page, served) -> dict:
-    page.wait_for_selector(SHOWN, timeout=60_000)
-    job_id = page.get_attribute("body", "data-shown")
-    return page.request.get(f"{served.url}api/jobs/{job_id}").json()
-
-
 def _page_numbers(page) -> dict[str, object]:
     return {
         cell.get_attribute("data-field"): (
@@ -560,7 +538,7 @@ def test_browser_upload_shows_overlays_numbers_and_identical_downloads(
     cli = _segment([scan], tmp_path / "cli", checkpoint)
     expected = _report(cli, "scan_b")
     page.set_input_files("#file-input", str(scan))
-    job = _shown_job(page, served)
+    job = shown_job(page, served)
     assert job["case"] == "scan_b"
     # The page's burden numbers are the report's, to the last digit, and shown rounded.
     numbers = _page_numbers(page)
@@ -576,12 +554,12 @@ def test_browser_upload_shows_overlays_numbers_and_identical_downloads(
     page.click(f"#plot rect.hit[data-slice='{k}']")
     page.wait_for_selector(f"#slice-info[data-slice='{k}']")
     page.wait_for_timeout(300)
-    on = coloured_pixels(page.locator("#gl").screenshot())
+    on = coloured_pixels(page.locator("#view").screenshot())
     # ... where the canvas shows both overlays, and neither once they are toggled off.
     page.uncheck("#show-infection")
     page.uncheck("#show-lungs")
     page.wait_for_timeout(300)
-    off = coloured_pixels(page.locator("#gl").screenshot())
+    off = coloured_pixels(page.locator("#view").screenshot())
     assert off == {"infection": 0, "lungs": 0}, off
     assert on["infection"] > 200 and on["lungs"] > 200, on
     # Red over the infection, green over the rest of the lungs: the two overlays cover the
@@ -621,7 +599,7 @@ def test_browser_corrupt_upload_shows_the_error_and_a_valid_one_still_works(page
         [base64.b64encode(good).decode(), "good.nii.gz"],
     )
     page.dispatch_event("#drop", "drop", {"dataTransfer": files})
-    job = _shown_job(page, served)
+    job = shown_job(page, served)
     assert job["case"] == "good" and job["state"] == "done"
     assert page.inner_text("#report-title") == "good"
 
@@ -630,7 +608,7 @@ def test_browser_first_view_works_without_a_scan_and_the_demo_button(page, serve
     assert page.is_visible("#viewer-empty") and "Demo phantom" in page.inner_text("#viewer-empty")
     assert page.is_visible("#report-empty")
     page.click("#demo")
-    job = _shown_job(page, served)
+    job = shown_job(page, served)
     assert job["case"] == "demo_phantom" and job["report"]["shape"] == [128, 128, 12]
     for path, (value, _) in _page_numbers(page).items():
         assert value == _field(job["report"], path)

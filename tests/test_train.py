@@ -14,8 +14,8 @@ from _train_helpers import FAST, TINY, prepared_phantoms, tiny_checkpoint
 from covseg.checkpoint import FORMAT, load_checkpoint
 from covseg.data.dataset import PreparedDataset
 from covseg.errors import DataError
-from covseg.evaluation.crossval import evaluate_test_fold
 from covseg.inference.postprocess import remove_small_components
+from covseg.studies.crossval import evaluate_test_fold
 from covseg.training.loop import train
 from covseg.training.selection import Item, select_postprocessing
 from covseg.training.state import LOG_COLUMNS
@@ -114,16 +114,16 @@ def test_short_training_learns_the_phantoms(tmp_path):
 def test_training_validates_with_its_framing_and_records_it(tmp_path, monkeypatch):
     """`train --framing lungs`: the validation Dice and the post-processing search see the
     predictions `segment` will make, and the checkpoints tell `segment` to frame so."""
-    import covseg.training.loop as loop
+    import covseg.training.validation as validation
 
     seen: list[str] = []
-    real = loop.framed_probabilities
+    real = validation.framed_probabilities
 
     def spy(predict, images, size, framing="full"):
         seen.append(framing)
         return real(predict, images, size, framing)
 
-    monkeypatch.setattr(loop, "framed_probabilities", spy)
+    monkeypatch.setattr(validation, "framed_probabilities", spy)
     data = prepared_phantoms(tmp_path, cases=2, slices=3, size=32)
     run = train(TINY, FAST.replace(epochs=1, framing="lungs"), data, tmp_path / "run")
     for name in ("best", "last"):
@@ -139,7 +139,7 @@ def test_choosing_the_post_processing_again_with_another_framing(tmp_path):
     """A run trained (and validated) whole-slice, its post-processing chosen again with lung
     framing, ends where a run validated with lung framing from the start does: same weights,
     same validation slices, same choice; only the JSON changes."""
-    from covseg.training.loop import choose_postprocessing
+    from covseg.training.validation import choose_postprocessing
 
     data = prepared_phantoms(tmp_path, cases=3, slices=4, size=32)
     cfg = FAST.replace(epochs=1, min_component_candidates=(0, 5))

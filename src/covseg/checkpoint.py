@@ -8,13 +8,13 @@ A checkpoint is two files with one stem::
                            "data", "metrics", "epoch", "postprocessing_source", "weights",
                            "sha256"}
 
-The JSON is read through one dataclass, :class:`~covseg.meta.CheckpointMeta`, validated field by field before
-anything is built (a wrong type or range is a :class:`~covseg.errors.CheckpointError` naming the
-file and the field). :func:`load_checkpoint` rebuilds the network from the JSON alone (the
-nanoGPT habit) after checking the format and the weights' sha256. Weights are written first and
-the JSON last, each to a temporary name renamed when complete, so a JSON always names a complete
-weights file. ``"pretrained"`` names the shipped model wherever a checkpoint is asked for
-(:func:`resolve_checkpoint`).
+The JSON is read through one dataclass, :class:`~covseg.meta.CheckpointMeta`, validated field by
+field before anything is built (a wrong type or range is a :class:`~covseg.errors.CheckpointError`
+naming the file and the field). :func:`load_checkpoint` rebuilds the network from the JSON alone
+(the nanoGPT habit) after checking the format and the weights' sha256. Weights are written first
+and the JSON last, each to a temporary name renamed when complete, so a JSON always names a
+complete weights file (:mod:`covseg.tensor_pair`). ``"pretrained"`` names the shipped model
+wherever a checkpoint is asked for (:func:`resolve_checkpoint`).
 
 Format 1 (covseg 0.1) kept ``threshold`` and ``min_component`` at the top level and restricted
 infection to the lungs in ``segment`` only, with a 2-pixel margin; it is read as
@@ -27,25 +27,23 @@ The optimiser/scheduler state needed by ``--resume`` is stored the same way
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from covseg._version import __version__
 from covseg.errors import CheckpointError
-from covseg.files import file_mode, write_json
+from covseg.files import write_json
 from covseg.meta import CheckpointMeta
+from covseg.tensor_pair import commit_pair, matching_record, pair_paths
 
 __all__ = [
+    "CALIBRATED_FORMAT",
     "ENSEMBLE_FORMAT",
     "FORMAT",
     "build_network",
@@ -61,13 +59,14 @@ __all__ = [
 
 #: Checkpoint format of a single network written by this covseg.
 FORMAT = 2
-#: The format of an ensemble (a ``"ensemble"`` list of member configs); the newest this covseg
-#: reads, so readers refuse newer ones.
+#: The format of an ensemble (a ``"ensemble"`` list of member configs).
 ENSEMBLE_FORMAT = 3
+#: The format of a checkpoint with a :class:`~covseg.config.Calibration` (single or ensemble):
+#: an older covseg would drop the calibration and threshold uncalibrated probabilities, so it
+#: must refuse the file. The newest this covseg reads; readers refuse newer ones.
+CALIBRATED_FORMAT = 4
 #: The first covseg version that reads each format (recorded so older readers can say so).
-REQUIRES_COVSEG = {FORMAT: "0.2.0", ENSEMBLE_FORMAT: "0.2.1"}
-#: Weights files larger than this are refused before hashing (the paper preset is 71 MB).
-MAX_WEIGHTS_BYTES = 2 << 30
+REQUIRES_COVSEG = {FORMAT: "0.2.0", ENSEMBLE_FORMAT: "0.2.1", CALIBRATED_FORMAT: "0.3.0"}
 
 
 def pretrained_path() -> Path:
@@ -101,115 +100,6 @@ def resolve_checkpoint(spec: str | Path) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_tensors(
-    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
-) -> Path:
-    """Write ``tensors`` completely to a temporary file next to ``path``; return its name (the
-    caller renames it into place). A failed write leaves no temporary file."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    except OSError as err:  # name the file asked for, not the temporary one
-        raise OSError(err.errno, err.strerror, str(path)) from None
-    os.close(fd)
-    try:
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata
-        )
-        os.chmod(tmp, file_mode())
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
-
-
-def _commit(
-    weights: Path,
-    side: Path,
-    tensors: dict[str, torch.Tensor],
-    record: dict,
-    metadata: dict[str, str] | None = None,
-) -> str:
-    """Replace a tensors + JSON pair so that a kill at any point leaves a consistent pair.
-
-    The new tensors are written to a temporary file first. Before they are renamed into place,
-    the JSON is rewritten to hold the new record *and* the old one (``"previous"``); readers pick
-    the record whose sha256 matches the tensors file on disk (:func:`_matching`), so between the
-    two renames old tensors still pair with their old record and new ones with the new. The
-    final JSON holds the new record alone.
-    """
-    tmp = _write_tensors(weights, tensors, metadata)
-    sha = _sha256(tmp)
-    new = {**record, "sha256": sha}
-    new.pop("previous", None)
-    try:
-        old = _read_json(side)
-        if old is not None and weights.exists():
-            old.pop("previous", None)
-            write_json(side, {**new, "previous": old})
-        os.replace(tmp, weights)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    write_json(side, new)
-    return sha
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _check_weights_file(weights: Path) -> None:
-    """A regular file of a plausible size, checked before it is hashed or opened (a FIFO or
-    ``/dev/zero`` would block or hash for ever)."""
-    try:
-        st = weights.stat()
-    except FileNotFoundError:
-        raise CheckpointError(f"{weights}: missing") from None
-    except OSError as err:
-        raise CheckpointError(f"{weights}: unreadable ({err.strerror})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise CheckpointError(f"{weights}: not a regular file")
-    if st.st_size > MAX_WEIGHTS_BYTES:
-        raise CheckpointError(f"{weights}: {st.st_size} bytes, more than any covseg model")
-
-
-def _matching(weights: Path, meta: dict, what: str) -> dict:
-    """The record of ``meta`` (itself, or its ``"previous"`` after an interrupted save) whose
-    sha256 is that of ``weights``.
-
-    Raises:
-        CheckpointError: the file is missing or matches no record (modified or corrupt).
-    """
-    _check_weights_file(weights)
-    digest = _sha256(weights)
-    for record in (meta, meta.get("previous")):
-        if isinstance(record, dict) and record.get("sha256") == digest:
-            return {k: v for k, v in record.items() if k != "previous"}
-    raise CheckpointError(
-        f"{weights}: {what} do not match the recorded sha256 — file modified or corrupt"
-    )
-
-
-def _paths(path: str | Path) -> tuple[Path, Path]:
-    """``(weights, json)`` of a checkpoint given either file or the bare stem."""
-    p = Path(path)
-    if p.suffix in (".safetensors", ".json"):
-        p = p.with_suffix("")
-    return p.with_suffix(".safetensors"), p.with_suffix(".json")
-
-
 def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta) -> Path:
     """Write ``model``'s weights and the JSON sidecar of ``meta`` (format and hash added).
 
@@ -221,7 +111,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta) ->
     Returns:
         The weights path.
     """
-    weights, side = _paths(path)
+    weights, side = pair_paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)
     record = {
@@ -229,13 +119,14 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta) ->
         **_format_fields(meta),
         "weights": weights.name,
     }
-    _commit(weights, side, model.state_dict(), record)
+    commit_pair(weights, side, model.state_dict(), record)
     return weights
 
 
 def _format_fields(meta: CheckpointMeta) -> dict[str, Any]:
-    """``format`` and ``requires_covseg`` of ``meta``'s record: an ensemble needs format 3."""
-    fmt = ENSEMBLE_FORMAT if meta.members else FORMAT
+    """``format`` and ``requires_covseg`` of ``meta``'s record: a calibration needs format 4,
+    else an ensemble format 3."""
+    fmt = CALIBRATED_FORMAT if meta.calibrated else ENSEMBLE_FORMAT if meta.members else FORMAT
     return {"format": fmt, "requires_covseg": REQUIRES_COVSEG[fmt]}
 
 
@@ -252,11 +143,11 @@ def _read_raw(side: Path) -> dict[str, Any]:
     fmt = meta.get("format") if isinstance(meta, dict) else None
     if not isinstance(fmt, int) or isinstance(fmt, bool):
         raise CheckpointError(f"{side}: not a covseg checkpoint (no format number)")
-    if fmt > ENSEMBLE_FORMAT:
+    if fmt > CALIBRATED_FORMAT:
         need = meta.get("requires_covseg") or f"a version newer than {__version__}"
         raise CheckpointError(
             f"{side}: checkpoint format {fmt} needs covseg >= {need} "
-            f"(this is covseg {__version__}, reading format <= {ENSEMBLE_FORMAT}); upgrade covseg"
+            f"(this is covseg {__version__}, reading format <= {CALIBRATED_FORMAT}); upgrade covseg"
         )
     return meta
 
@@ -266,7 +157,7 @@ def _current_record(side: Path, raw: dict[str, Any]) -> dict[str, Any]:
     save interrupted between its two renames, whichever of it and ``"previous"`` matches."""
     if "previous" not in raw:
         return raw
-    return _matching(
+    return matching_record(
         side.parent / str(raw.get("weights", side.stem + ".safetensors")), raw, "weights"
     )
 
@@ -278,14 +169,14 @@ def read_meta(path: str | Path) -> CheckpointMeta:
     Raises:
         CheckpointError: missing or unreadable JSON, a newer format, or a bad field.
     """
-    _, side = _paths(resolve_checkpoint(path))
+    _, side = pair_paths(resolve_checkpoint(path))
     return CheckpointMeta.from_json(_current_record(side, _read_raw(side)), side)
 
 
 def update_meta(path: str | Path, **changes: Any) -> CheckpointMeta:
     """Rewrite fields of a checkpoint's JSON (e.g. the chosen post-processing); weights and
     their hash untouched."""
-    _, side = _paths(path)
+    _, side = pair_paths(path)
     raw = _current_record(side, _read_raw(side))
     meta = CheckpointMeta.from_json(raw, side).replace(**changes)
     record = {**raw, **meta.to_json(), **_format_fields(meta)}
@@ -311,13 +202,13 @@ def load_checkpoint(
         CheckpointError: missing files, a newer format, a bad field, a sha256 mismatch (the
             weights were modified or are corrupt), or weights that do not fit the model config.
     """
-    weights, side = _paths(resolve_checkpoint(path))
+    weights, side = pair_paths(resolve_checkpoint(path))
     raw = _read_raw(side)
     name = raw.get("weights", weights.name)
     if not isinstance(name, str) or not name or Path(name).name != name:
         raise CheckpointError(f"{side}: bad weights file name {name!r}")
     weights = side.parent / name
-    record = _matching(weights, raw, "weights")
+    record = matching_record(weights, raw, "weights")
     meta = CheckpointMeta.from_json(record, side)
     _check_tensors(weights, meta, side)
     model = build_network(meta)
@@ -415,12 +306,12 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 def save_train_state(path: str | Path, state: dict[str, Any]) -> None:
     """Write a nested dict of tensors and JSON values (optimizer/scheduler state dicts, RNG
     states as uint8 tensors, counters) as ``path.safetensors`` + ``path.json``, without pickle."""
-    weights, side = _paths(path)
+    weights, side = pair_paths(path)
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state, "s", tensors)
     # The non-tensor part travels inside the tensors file (its safetensors header), so tensors
     # and counters are one atomic unit; the JSON only records the format and the hash.
-    _commit(weights, side, tensors, {"format": FORMAT}, {"state": json.dumps(skeleton)})
+    commit_pair(weights, side, tensors, {"format": FORMAT}, {"state": json.dumps(skeleton)})
 
 
 def load_train_state(path: str | Path) -> dict[str, Any]:
@@ -429,8 +320,8 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
     Raises:
         CheckpointError: missing or mismatching files.
     """
-    weights, side = _paths(path)
-    _matching(weights, _read_raw(side), "training state tensors")
+    weights, side = pair_paths(path)
+    matching_record(weights, _read_raw(side), "training state tensors")
     try:
         with safe_open(str(weights), framework="pt") as f:
             skeleton = json.loads((f.metadata() or {})["state"])

@@ -15,10 +15,10 @@ from typing import Any
 from covseg.config import PRESETS, TrainConfig
 from covseg.data.prepare import prepare
 from covseg.data.synthetic import write_synthetic_dataset
-from covseg.evaluation.crossval import run_cv, run_dir
 from covseg.evaluation.evaluate import evaluate, format_table
 from covseg.evaluation.report import make_report
 from covseg.inference.outputs import format_summary, segment_files
+from covseg.studies.crossval import run_cv, run_dir
 
 __all__ = ["DEMO_TRAIN", "run_demo"]
 

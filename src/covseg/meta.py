@@ -14,6 +14,7 @@ from typing import Any
 
 from covseg._version import __version__
 from covseg.config import (
+    Calibration,
     ModelConfig,
     PostProcessing,
     Preprocessing,
@@ -60,6 +61,8 @@ class CheckpointMeta:
         covseg_version: the covseg that wrote it.
         members: for an ensemble (:class:`~covseg.models.ensemble.Ensemble`), every member's
             network in order, ``model_config`` being the first; empty for a single network.
+        calibration: the infection head's calibration and the burden interval (identity and
+            none by default; a checkpoint with one is format 4).
     """
 
     model_config: ModelConfig
@@ -73,6 +76,7 @@ class CheckpointMeta:
     sha256: str | None = None
     covseg_version: str = __version__
     members: tuple[ModelConfig, ...] = ()
+    calibration: Calibration = dataclasses.field(default_factory=Calibration)
 
     def __post_init__(self) -> None:
         if self.members and self.members[0] != self.model_config:
@@ -101,7 +105,13 @@ class CheckpointMeta:
             "covseg_version": self.covseg_version,
             "sha256": self.sha256,
             **({"ensemble": [to_dict(c) for c in self.members]} if self.members else {}),
+            **({"calibration": to_dict(self.calibration)} if self.calibrated else {}),
         }
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the checkpoint carries a calibration other than the default."""
+        return self.calibration != Calibration()
 
     @classmethod
     def from_json(cls, record: dict[str, Any], where: str | Path = "<meta>") -> CheckpointMeta:
@@ -159,6 +169,11 @@ class CheckpointMeta:
             configs = tuple(from_dict(ModelConfig, c) for c in members)
             if configs and configs[0] != model_config:
                 raise ValueError("its first member is not model_config")
+            field = "calibration"
+            cal = record.get("calibration")
+            if cal is not None and not isinstance(cal, dict):
+                raise ValueError("not an object")
+            calibration = Calibration() if cal is None else from_dict(Calibration, cal)
             field = "sha256"
             sha = record.get("sha256")
             if sha is not None and not isinstance(sha, str):
@@ -177,4 +192,5 @@ class CheckpointMeta:
             sha256=sha,
             covseg_version=str(record.get("covseg_version", "unknown")),
             members=configs,
+            calibration=calibration,
         )

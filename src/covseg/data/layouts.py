@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from covseg.data.io import find_inputs, is_nifti, is_picture, natural_key, strip_suffix
+from covseg.data.io.common import is_nifti, is_picture, strip_suffix
+from covseg.data.io.folders import find_inputs, natural_key
 from covseg.errors import DataError
 
 __all__ = ["LAYOUTS", "Case", "MaskFile", "Source", "detect_layout", "discover"]
@@ -220,7 +221,7 @@ def _first_existing(root: Path, names: Sequence[str]) -> Path | None:
 
 
 def _nifti_depth(path: Path) -> int:
-    from covseg.data.io import nifti_shape
+    from covseg.data.io.nifti import nifti_shape
 
     return int(nifti_shape(path)[2])
 

@@ -1,13 +1,10 @@
 """``covseg evaluate``: a checkpoint against a labelled dataset, scored on what ``segment`` writes.
 
-The data may be a prepared dataset or a raw folder (``slices``, ``zenodo20``, ... — prepared on
-the fly into a temporary folder with the checkpoint's preprocessing). Each case's ORIGINAL images
-are read from the source files (for a prepared dataset: the source recorded in its manifest) and
-segmented by :class:`~covseg.inference.segmenter.Segmenter` exactly as ``covseg segment`` does
-(same intensity rule, resizing, network, post-processing with the lung restriction), and the
-masks are compared with the original masks at the original resolution. Where the source files
-are gone, or a case comes from a stacked volume (medseg ``tr_im``), the prepared slices are
-segmented and scored at the prepared resolution instead (with a warning).
+The cases (:mod:`covseg.evaluation.cases`) are read at their original resolution where the
+source files exist, segmented exactly as ``covseg segment`` does
+(:func:`~covseg.evaluation.cases.segment_case`), and the masks compared with the original masks:
+:func:`score_cases` as read, :func:`score_variants` also re-framed and re-windowed
+(:mod:`covseg.evaluation.robustness`).
 
 :class:`~covseg.evaluation.scores.Scores` is the one schema of per-slice counts: ``evaluate``
 summarises it, ``cv`` writes it as a run's ``test_metrics.json``, ``report`` reads it back.
@@ -15,217 +12,35 @@ summarises it, ``cv`` writes it as a run's ``test_metrics.json``, ``report`` rea
 
 from __future__ import annotations
 
-import logging
+import math
 import tempfile
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from covseg.checkpoint import load_checkpoint
-from covseg.config import Preprocessing, to_dict
-from covseg.data.dataset import SOURCE_SEP, CombinedDataset, PreparedDataset
-from covseg.data.geometry import canonical_spacing, volume_to_slices
-from covseg.data.io import Image, read_image
-from covseg.data.layouts import Case, discover
-from covseg.data.prepare import decode_masks, prepare
-from covseg.errors import CovsegError, DataError
+from covseg.config import to_dict
+from covseg.data.dataset import PreparedDataset
+from covseg.data.layouts import Case
+from covseg.errors import CovsegError
+from covseg.evaluation.agreement import format_agreement
+from covseg.evaluation.cases import LabelledCase, labelled_cases, open_labelled, segment_case
 from covseg.evaluation.metrics import METRICS, format_lesion_size_table
+from covseg.evaluation.robustness import VARIANTS, check_variants, variant_case
 from covseg.evaluation.scores import Scores
 from covseg.files import write_json
 from covseg.inference.segmenter import Segmenter
 
 __all__ = [
-    "LabelledCase",
     "evaluate",
+    "format_robustness",
     "format_table",
-    "labelled_cases",
-    "open_labelled",
-    "original_cases",
+    "robustness_summary",
     "score_cases",
-    "segment_case",
+    "score_variants",
 ]
-
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class LabelledCase:
-    """One case to score, in canonical ``(N, H, W)`` slices.
-
-    Attributes:
-        id: case id.
-        kind: ``"slice"`` or ``"volume"``.
-        truth: boolean infection truth.
-        spacing: ``(slice_mm, row_mm, col_mm)`` or ``None``.
-        raw: original intensities (HU or 8-bit) at the original resolution, or ``None`` where
-            only the prepared slices are available.
-        images01: the prepared ``(N, S, S)`` slices when ``raw`` is ``None``.
-        source: where the slices came from (messages).
-        lung: boolean lung truth in the grid of ``truth``, or ``None`` where the mask files have
-            no lung labels (prepared slices: the prepared lung mask, expert or derived).
-    """
-
-    id: str
-    kind: str
-    truth: np.ndarray
-    spacing: tuple[float, float, float] | None
-    raw: np.ndarray | None = None
-    images01: np.ndarray | None = None
-    source: str = ""
-    lung: np.ndarray | None = None
-
-    @property
-    def resolution(self) -> str:
-        return "prepared" if self.raw is None else "original"
-
-
-def open_labelled(
-    data: Path, pre: Preprocessing, tmp: Path
-) -> tuple[PreparedDataset, dict[str, Case]]:
-    """The prepared dataset of ``data`` (preparing a raw folder into ``tmp`` with ``pre``'s size
-    and intensity rule) and, where its source files exist, its original cases by id."""
-    if (data / "manifest.json").exists():
-        prepared = PreparedDataset(data)
-        params = prepared.manifest.get("params", {})
-        size = int(params.get("size", 0))
-        if size != pre.size:
-            log.warning("%s: prepared at %d px, the model at %d px", data, size, pre.size)
-        try:
-            _, cases = discover(
-                Path(prepared.manifest.get("source", "")),
-                prepared.manifest.get("layout", "auto"),
-                masks_dir=params.get("masks_dir", "masks"),
-                pseudo=params.get("pseudo", False),
-                group=params.get("group"),
-                include_effusion=params.get("include_effusion", False),
-            )
-        except DataError as err:
-            log.warning("%s: original files unavailable (%s); scoring at %d px", data, err, size)
-            cases = []
-        return prepared, {c.id: c for c in cases}
-    out = prepare(data, tmp / "prepared", size=pre.size, intensity=pre.intensity)
-    prepared = PreparedDataset(out)
-    _, cases = discover(data, prepared.manifest.get("layout", "auto"))
-    return prepared, {c.id: c for c in cases}
-
-
-def original_cases(
-    data: PreparedDataset | CombinedDataset, pre: Preprocessing, tmp: Path
-) -> dict[str, Case]:
-    """The original cases of a prepared dataset by id (:func:`open_labelled`); of a
-    :class:`~covseg.data.dataset.CombinedDataset`, those of every part under the combined ids."""
-    if isinstance(data, PreparedDataset):
-        return open_labelled(data.root, pre, tmp)[1]
-    out: dict[str, Case] = {}
-    for name, part in data.parts.items():
-        _, cases = open_labelled(part.root, pre, tmp / name)
-        out.update({f"{name}{SOURCE_SEP}{k}": v for k, v in cases.items()})
-    return out
-
-
-def _original(
-    case: Case, rotate: int
-) -> tuple[np.ndarray, np.ndarray, Any, np.ndarray | None] | None:
-    """``(raw slices, infection truth, (slice, row, col) mm or None, lung truth or None)`` at
-    the original resolution, or ``None`` (stacked volumes, slices of different sizes). The lung
-    truth is ``None`` unless every source has lung labels (as ``prepare`` tells expert lungs)."""
-    raws, truths, lungs, spacing = [], [], [], None
-    for src in case.sources:
-        if src.index is not None:
-            return None
-        img = read_image(src.image)
-        lung, inf = decode_masks(src, img, read_image)
-        raw, truth = (
-            volume_to_slices(img),
-            volume_to_slices(Image(inf, img.affine, img.kind, img.path)),
-        )
-        lung = (
-            None if lung is None else volume_to_slices(Image(lung, img.affine, img.kind, img.path))
-        )
-        if rotate:
-            raw, truth = np.rot90(raw, rotate, (1, 2)), np.rot90(truth, rotate, (1, 2))
-            lung = None if lung is None else np.rot90(lung, rotate, (1, 2))
-        raws.append(np.ascontiguousarray(raw))
-        truths.append(np.ascontiguousarray(truth))
-        lungs.append(None if lung is None else np.ascontiguousarray(lung))
-        sp = canonical_spacing(img)
-        if sp is not None:
-            row, col = (sp[1], sp[0]) if rotate % 2 else (sp[0], sp[1])
-            spacing = (sp[2], row, col)
-    if len({r.shape[1:] for r in raws}) != 1:
-        return None
-    lung_all = None if any(lg is None for lg in lungs) else np.concatenate(lungs)
-    return np.concatenate(raws), np.concatenate(truths), spacing, lung_all
-
-
-def labelled_cases(
-    prepared: PreparedDataset | CombinedDataset, case_ids: list[str], originals: dict[str, Case]
-) -> Iterator[LabelledCase]:
-    """The cases of ``case_ids`` at their original resolution where possible (module
-    docstring), one at a time (those of a combined dataset read from their own part, ids kept
-    combined)."""
-    if isinstance(prepared, CombinedDataset):
-        for cid in case_ids:
-            prefix, part, local = prepared.resolve(cid)
-            own = {local: originals[cid]} if cid in originals else {}
-            for case in labelled_cases(part, [local], own):
-                yield replace(case, id=prefix + case.id)
-        return
-    rotate = int(prepared.manifest.get("params", {}).get("rotate", 0) or 0) % 4
-    for cid in case_ids:
-        rec = prepared.case(cid)
-        kind = rec.get("kind", "slice")
-        orig = _original(originals[cid], rotate) if cid in originals else None
-        if orig is not None and len(orig[0]) == rec["n_slices"]:
-            raw, truth, spacing, lung = orig
-            yield LabelledCase(
-                cid, kind, truth, spacing, raw=raw, source=rec.get("source", ""), lung=lung
-            )
-            continue
-        arrays = prepared.load(cid)
-        spacing = None
-        if rec.get("spacing_mm") and rec.get("slice_thickness_mm"):
-            spacing = (float(rec["slice_thickness_mm"]), *map(float, rec["spacing_mm"]))
-        yield LabelledCase(
-            cid,
-            kind,
-            arrays["infection"].astype(bool),
-            spacing,  # type: ignore[arg-type]
-            images01=arrays["image"].astype(np.float32),
-            source=str(prepared.root / rec["file"]),
-            lung=arrays["lung"].astype(bool),
-        )
-
-
-def segment_case(seg: Segmenter, case: LabelledCase) -> tuple[str | None, np.ndarray]:
-    """The infection mask that ``covseg segment`` writes for a case's slices.
-
-    Args:
-        seg: the model with its pre- and post-processing.
-        case: the case; ``case.raw`` goes through :meth:`Segmenter.intensity_rule` and
-            :meth:`Segmenter.segment_slices`, ``case.images01`` (prepared slices) through
-            :meth:`Segmenter.segment_prepared`.
-
-    Returns:
-        ``(intensity rule applied to case.raw or None for prepared slices, boolean (N, H, W)
-        predicted infection in the grid of case.truth)``.
-
-    Raises:
-        DataError: slices that fit no intensity rule, or a case with neither ``raw`` nor
-            ``images01``.
-    """
-    if case.raw is not None:
-        rule = seg.intensity_rule(case.raw, case.source)
-        lung = np.zeros(case.raw.shape, dtype=np.uint8)
-        pred = np.zeros(case.raw.shape, dtype=np.uint8)
-        seg.segment_slices(case.raw, lung, pred, rule=rule)
-        return rule, pred.astype(bool)
-    if case.images01 is None:
-        raise DataError(f"{case.source or case.id}: a case without slices")
-    return None, seg.segment_prepared(case.images01).infection
 
 
 def score_cases(
@@ -242,17 +57,62 @@ def score_cases(
         seg: the model with its pre- and post-processing.
         prepared: the prepared dataset.
         case_ids: cases to score.
-        originals: original cases by id (:func:`open_labelled`).
+        originals: original cases by id (:func:`~covseg.evaluation.cases.open_labelled`).
         on_case: optional ``callable(case, rule, pred)`` after each case, with the intensity rule
             applied to ``case.raw`` (``None`` for prepared slices) and the predicted infection
             (e.g. to collect figure panels).
     """
     scores = Scores(postprocessing=to_dict(seg.post))
     for case in labelled_cases(prepared, case_ids, originals):
-        rule, pred = segment_case(seg, case)
-        scores.add(case, pred)
+        done = segment_case(seg, case)
+        scores.add(case, done.infection, done.lung, done.estimate)
         if on_case is not None:
-            on_case(case, rule, pred)
+            on_case(case, done.rule, done.infection)
+    return scores
+
+
+def score_variants(
+    seg: Segmenter,
+    prepared: PreparedDataset,
+    case_ids: list[str],
+    originals: dict[str, Case],
+    variants: Sequence[str] = tuple(VARIANTS),
+    *,
+    on_case: Callable[[str, LabelledCase, str | None, np.ndarray], Any] | None = None,
+) -> dict[str, Scores]:
+    """Segment and score every case under every variant (one read of each case).
+
+    ``result["plain"]`` equals :func:`score_cases` on the same arguments;
+    ``{name: s.to_record() for name, s in result.items()}`` is the JSON record of a fold (what
+    ``cv`` can write as ``test_robustness.json``).
+
+    Args:
+        seg: the model with its pre- and post-processing.
+        prepared: the prepared dataset.
+        case_ids: cases to score.
+        originals: original cases by id (:func:`~covseg.evaluation.cases.open_labelled`).
+        variants: names of :data:`~covseg.evaluation.robustness.VARIANTS` (``plain`` is
+            always scored).
+        on_case: optional ``callable(variant, case, rule, pred)`` after each case and variant,
+            as ``score_cases``' ``on_case`` with the variant's name first.
+
+    Returns:
+        :class:`Scores` by variant name, ``plain`` first.
+
+    Raises:
+        CovsegError: an unknown variant name (before any work).
+        DataError: slices that fit no intensity rule.
+    """
+    names = check_variants(variants)
+    scores = {name: Scores(postprocessing=to_dict(seg.post)) for name in names}
+    for case in labelled_cases(prepared, case_ids, originals):
+        rule = "unit" if case.raw is None else seg.intensity_rule(case.raw, case.source)
+        for name in names:
+            vcase = variant_case(case, name, rule)
+            done = segment_case(seg, vcase)
+            scores[name].add(vcase, done.infection, done.lung, done.estimate)
+            if on_case is not None:
+                on_case(name, vcase, done.rule, done.infection)
     return scores
 
 
@@ -287,7 +147,7 @@ def evaluate(
 
     Returns:
         :meth:`Scores.summary`; with ``robustness``, plus ``"robustness"``:
-        :func:`~covseg.evaluation.robustness.robustness_summary` (``plain`` is the summary
+        :func:`robustness_summary` (``plain`` is the summary
         itself, from the same masks).
 
     Raises:
@@ -295,9 +155,6 @@ def evaluate(
         CovsegError: an unknown variant name (before any work).
         DataError: unusable data.
     """
-    # robustness builds on this module (segment_case, labelled_cases): imported here
-    from covseg.evaluation.robustness import check_variants, robustness_summary, score_variants
-
     variants = None if robustness is None else check_variants(robustness)
     model, meta = load_checkpoint(checkpoint)
     if threshold is not None:
@@ -344,4 +201,47 @@ def format_table(result: dict[str, Any]) -> str:
             lines.append(f"| {key} | {result[key]:.4f} |" + " |" * (len(modes) - 1))
     if result.get("by_lesion_size"):
         lines += ["", format_lesion_size_table(result["by_lesion_size"], "By lesion size").rstrip()]
+    burden = {"mask volume": result["burden"]} if "burden" in result else {}
+    if "burden_expected" in result:
+        burden["expected volume"] = result["burden_expected"]
+    if burden:
+        lines += ["", format_agreement(burden)]
+    return "\n".join(lines)
+
+
+def robustness_summary(scores: Mapping[str, Scores]) -> dict[str, dict[str, Any]]:
+    """:meth:`Scores.summary` per variant plus ``ratio_to_plain``: its per-slice-mean Dice over
+    that of ``plain`` (NaN where ``plain``'s is 0 or NaN, or ``plain`` is missing).
+
+    Args:
+        scores: what :func:`score_variants` returns.
+
+    Returns:
+        ``{variant: summary}`` in ``scores``' order.
+    """
+    out = {name: s.summary() for name, s in scores.items()}
+    base = out["plain"]["per_slice_mean"]["dice"] if "plain" in out else float("nan")
+    for summary in out.values():
+        dice = summary["per_slice_mean"]["dice"]
+        ok = base > 0 and not math.isnan(base)
+        summary["ratio_to_plain"] = dice / base if ok else float("nan")
+    return out
+
+
+def format_robustness(summary: Mapping[str, Mapping[str, Any]]) -> str:
+    """A Markdown table of :func:`robustness_summary` (one row per variant).
+
+    Args:
+        summary: :func:`robustness_summary`'s result.
+
+    Returns:
+        The table, without a trailing newline.
+    """
+    lines = [
+        "| Variant | Dice (per slice) | Dice (pooled) | Ratio to plain |",
+        "|---|---|---|---|",
+    ]
+    for name, s in summary.items():
+        dice, pooled = s["per_slice_mean"]["dice"], s["pooled"]["dice"]
+        lines.append(f"| {name} | {dice:.4f} | {pooled:.4f} | {s['ratio_to_plain']:.3f} |")
     return "\n".join(lines)

@@ -3,7 +3,10 @@
 Each fold's number is the mean over its repeats; "Average ± std" is the mean and the population
 standard deviation (``ddof=0``) over folds. Each aggregation mode of :mod:`covseg.metrics` gets
 its own table; volume datasets also get HD95 and NSD@3mm (mean over the test volumes of a run,
-NaN HD95 of an empty prediction skipped).
+NaN HD95 of an empty prediction skipped). Every report also gets the infection-burden error
+per case (patient) -- relative volume error, Bland-Altman bias and limits of "% infected",
+rank correlation, per-case pooled Dice (:mod:`covseg.evaluation.agreement`) -- per dataset, and
+``bland_altman.png`` beside the Dice panels.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from covseg.errors import DataError
+from covseg.evaluation.agreement import CaseBurden, agreement, format_agreement
 from covseg.evaluation.metrics import by_lesion_size, format_lesion_size_table
 from covseg.evaluation.scores import Scores
 from covseg.files import write_json, write_text
@@ -174,6 +178,10 @@ def make_report(cv_dir: str | Path, panels: bool = True) -> dict[str, Any]:
     robust = robustness_table(variants) if variants is not None else None
     if robust is not None:
         md += "\n" + format_robustness_table(robust)
+    burden = burden_table(runs)
+    if burden:
+        md += "\n" + format_agreement(burden, _BURDEN_TITLE) + "\n"
+        _bland_altman(root, runs)
     per_source: dict[str, dict[str, Any]] = {}
     for name in source_names(runs):
         own = source_runs(runs, name)
@@ -185,6 +193,9 @@ def make_report(cv_dir: str | Path, panels: bool = True) -> dict[str, Any]:
             format_markdown(per_source[name]["tables"][m], titles[m]) for m in modes
         )
         md += "\n" + format_lesion_size_table(per_source[name]["by_lesion_size"], _SIZES_TITLE)
+        per_source[name]["burden"] = own_burden = burden_table(own)
+        if own_burden:
+            md += "\n" + format_agreement(own_burden, f"{_BURDEN_TITLE}, {name}") + "\n"
         if variants is not None:
             own_variants = {
                 (f, r): {k: v.subset(name) for k, v in vs.items()}
@@ -202,6 +213,7 @@ def make_report(cv_dir: str | Path, panels: bool = True) -> dict[str, Any]:
             "tables": tables,
             "by_lesion_size": sizes,
             "robustness": robust,
+            "burden": burden,
             "sources": per_source,
         },
     )
@@ -213,8 +225,50 @@ def make_report(cv_dir: str | Path, panels: bool = True) -> dict[str, Any]:
         "volume": volume,
         "by_lesion_size": sizes,
         "robustness": robust,
+        "burden": burden,
         "sources": per_source,
     }
+
+
+_BURDEN_TITLE = (
+    "Infection burden per case (the first repeat's out-of-fold masks; % of lung infected for "
+    "the Bland-Altman bias and limits)"
+)
+
+
+def first_repeat_burden(runs: dict[int, dict[int, Scores]], which: str) -> list[CaseBurden]:
+    """The :class:`~covseg.evaluation.agreement.CaseBurden` of estimate ``which`` (``"mask"``,
+    ``"expected"``) of every test case of each fold's first repeat (one out-of-fold prediction
+    per case)."""
+    out = []
+    for reps in runs.values():
+        if reps:
+            s = reps[min(reps)]
+            out += [b[which] for b in s.burden.values() if which in b]
+    return out
+
+
+def burden_table(runs: dict[int, dict[int, Scores]]) -> dict[str, dict[str, Any]]:
+    """``{"mask volume": agreement, "expected volume": agreement}`` (the second where the
+    runs' models were calibrated); ``{}`` for runs scored before covseg 0.3."""
+    out = {}
+    for which, label in (("mask", "mask volume"), ("expected", "expected volume")):
+        rows = first_repeat_burden(runs, which)
+        if rows:
+            out[label] = agreement(rows)
+    return out
+
+
+def _bland_altman(root: Path, runs: dict[int, dict[int, Scores]]) -> None:
+    from covseg.figures.agreement import plot_bland_altman
+
+    rows = first_repeat_burden(runs, "mask")
+    names = sorted({r.source for r in rows})
+    panels = {
+        name or "all": [(r.true_percent, r.pred_percent) for r in rows if r.source == name]
+        for name in names
+    }
+    plot_bland_altman(panels, root / "bland_altman.png", "% of lung infected: predicted - true")
 
 
 _SIZES_TITLE = "By lesion size: the test slices of every run together"

@@ -2,9 +2,10 @@
 
 Each labelled test case is re-framed or re-windowed by a named, deterministic variant and
 segmented through the normal :class:`~covseg.inference.segmenter.Segmenter` path
-(:func:`~covseg.evaluation.evaluate.segment_case`: the checkpoint's intensity rule told from the
+(:func:`~covseg.evaluation.cases.segment_case`: the checkpoint's intensity rule told from the
 transformed values, resizing, network, post-processing); the masks are scored against the truth
-carried through the same transform, at the original resolution (:class:`Scores`).
+carried through the same transform, at the original resolution
+(:func:`~covseg.evaluation.evaluate.score_variants`). This module holds the variants.
 
 Variants (:data:`VARIANTS`, in table order); ``rule`` is the intensity rule of the input
 (:data:`~covseg.config.INTENSITY_RULES`; prepared slices are ``"unit"``):
@@ -38,23 +39,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from covseg.config import ROBUSTNESS_VARIANTS, to_dict
-from covseg.data.dataset import PreparedDataset
-from covseg.data.layouts import Case
+from covseg.config import ROBUSTNESS_VARIANTS
 from covseg.data.lungmask import derive_lung_mask
 from covseg.data.preprocess import HU_WINDOW, normalize_intensity, resize_back
 from covseg.errors import CovsegError, DataError
-from covseg.evaluation.evaluate import LabelledCase, labelled_cases, segment_case
-from covseg.evaluation.scores import Scores
+from covseg.evaluation.cases import LabelledCase
 from covseg.inference.framing import crop_box
-from covseg.inference.segmenter import Segmenter
 
 __all__ = [
     "VARIANTS",
@@ -63,11 +58,8 @@ __all__ = [
     "clahe",
     "crop_box",
     "crop_lungs",
-    "format_robustness",
     "gamma",
     "plain",
-    "robustness_summary",
-    "score_variants",
     "variant_case",
     "window",
     "zoom_out",
@@ -352,7 +344,7 @@ def variant_case(case: LabelledCase, name: str, rule: str) -> LabelledCase:
     """A case through variant ``name``: slices, truth, lungs and pixel spacing transformed.
 
     Args:
-        case: the case as :func:`~covseg.evaluation.evaluate.labelled_cases` yields it.
+        case: the case as :func:`~covseg.evaluation.cases.labelled_cases` yields it.
         name: a name of :data:`VARIANTS`.
         rule: the intensity rule of ``case.raw`` (``"unit"`` for prepared slices).
 
@@ -392,85 +384,3 @@ def variant_case(case: LabelledCase, name: str, rule: str) -> LabelledCase:
         spacing = (spacing[0], spacing[1] * out.pixel_scale[0], spacing[2] * out.pixel_scale[1])
     images = {"raw": out.raw} if case.raw is not None else {"images01": out.raw}
     return dataclasses.replace(case, truth=out.truth, lung=out.lung, spacing=spacing, **images)
-
-
-def score_variants(
-    seg: Segmenter,
-    prepared: PreparedDataset,
-    case_ids: list[str],
-    originals: dict[str, Case],
-    variants: Sequence[str] = tuple(VARIANTS),
-    *,
-    on_case: Callable[[str, LabelledCase, str | None, np.ndarray], Any] | None = None,
-) -> dict[str, Scores]:
-    """Segment and score every case under every variant (one read of each case).
-
-    ``result["plain"]`` equals :func:`~covseg.evaluation.evaluate.score_cases` on the same
-    arguments; ``{name: s.to_record() for name, s in result.items()}`` is the JSON record of a
-    fold (what ``cv`` can write as ``test_robustness.json``).
-
-    Args:
-        seg: the model with its pre- and post-processing.
-        prepared: the prepared dataset.
-        case_ids: cases to score.
-        originals: original cases by id (:func:`~covseg.evaluation.evaluate.open_labelled`).
-        variants: names of :data:`VARIANTS` (``plain`` is always scored).
-        on_case: optional ``callable(variant, case, rule, pred)`` after each case and variant,
-            as ``score_cases``' ``on_case`` with the variant's name first.
-
-    Returns:
-        :class:`Scores` by variant name, ``plain`` first.
-
-    Raises:
-        CovsegError: an unknown variant name (before any work).
-        DataError: slices that fit no intensity rule.
-    """
-    names = check_variants(variants)
-    scores = {name: Scores(postprocessing=to_dict(seg.post)) for name in names}
-    for case in labelled_cases(prepared, case_ids, originals):
-        rule = "unit" if case.raw is None else seg.intensity_rule(case.raw, case.source)
-        for name in names:
-            vcase = variant_case(case, name, rule)
-            applied, pred = segment_case(seg, vcase)
-            scores[name].add(vcase, pred)
-            if on_case is not None:
-                on_case(name, vcase, applied, pred)
-    return scores
-
-
-def robustness_summary(scores: Mapping[str, Scores]) -> dict[str, dict[str, Any]]:
-    """:meth:`Scores.summary` per variant plus ``ratio_to_plain``: its per-slice-mean Dice over
-    that of ``plain`` (NaN where ``plain``'s is 0 or NaN, or ``plain`` is missing).
-
-    Args:
-        scores: what :func:`score_variants` returns.
-
-    Returns:
-        ``{variant: summary}`` in ``scores``' order.
-    """
-    out = {name: s.summary() for name, s in scores.items()}
-    base = out["plain"]["per_slice_mean"]["dice"] if "plain" in out else float("nan")
-    for summary in out.values():
-        dice = summary["per_slice_mean"]["dice"]
-        ok = base > 0 and not math.isnan(base)
-        summary["ratio_to_plain"] = dice / base if ok else float("nan")
-    return out
-
-
-def format_robustness(summary: Mapping[str, Mapping[str, Any]]) -> str:
-    """A Markdown table of :func:`robustness_summary` (one row per variant).
-
-    Args:
-        summary: :func:`robustness_summary`'s result.
-
-    Returns:
-        The table, without a trailing newline.
-    """
-    lines = [
-        "| Variant | Dice (per slice) | Dice (pooled) | Ratio to plain |",
-        "|---|---|---|---|",
-    ]
-    for name, s in summary.items():
-        dice, pooled = s["per_slice_mean"]["dice"], s["pooled"]["dice"]
-        lines.append(f"| {name} | {dice:.4f} | {pooled:.4f} | {s['ratio_to_plain']:.3f} |")
-    return "\n".join(lines)

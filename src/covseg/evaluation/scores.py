@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,10 +13,11 @@ import numpy as np
 
 from covseg.data.dataset import SOURCE_SEP
 from covseg.errors import DataError
+from covseg.evaluation.agreement import CaseBurden, agreement, case_burden
 from covseg.evaluation.metrics import aggregate, by_lesion_size, confusion, surface_metrics
 
 if TYPE_CHECKING:
-    from covseg.evaluation.evaluate import LabelledCase
+    from covseg.evaluation.cases import LabelledCase
 
 __all__ = ["Scores"]
 
@@ -31,6 +33,9 @@ class Scores:
         surface: HD95 / NSD@3mm per volume case with a known spacing.
         resolution: per case, ``"original"`` or ``"prepared"``.
         postprocessing: the post-processing that made the masks (a JSON dict).
+        burden: per case, the :class:`~covseg.evaluation.agreement.CaseBurden` of the mask
+            volume (``"mask"``) and, from a calibrated model, of the expected volume with its
+            interval (``"expected"``).
     """
 
     cases: list[str] = field(default_factory=list)
@@ -39,9 +44,30 @@ class Scores:
     surface: dict[str, dict[str, float]] = field(default_factory=dict)
     resolution: dict[str, str] = field(default_factory=dict)
     postprocessing: dict[str, Any] = field(default_factory=dict)
+    burden: dict[str, dict[str, CaseBurden]] = field(default_factory=dict)
 
-    def add(self, case: LabelledCase, pred: np.ndarray) -> None:
-        """Score ``(N, H, W)`` predicted infection of ``case``."""
+    def add(
+        self,
+        case: LabelledCase,
+        pred: np.ndarray,
+        lung: np.ndarray | None = None,
+        estimate: Any = None,
+    ) -> None:
+        """Score ``(N, H, W)`` predicted infection of ``case``, with the predicted lungs (for
+        "% infected") and a calibrated model's
+        :class:`~covseg.inference.burden.BurdenEstimate` where there is one."""
+        sp = case.spacing
+        voxel_ml = None if sp is None else float(np.prod(sp)) / 1000.0
+        source = case.id.partition(SOURCE_SEP)[0] if SOURCE_SEP in case.id else ""
+        args = (case.id, pred, case.truth, lung, case.lung)
+        rec = {"mask": case_burden(*args, voxel_ml=voxel_ml, source=source)}
+        if estimate is not None:
+            iv = estimate.interval_voxels
+            rec["expected"] = case_burden(
+                *args, voxel_ml=voxel_ml, source=source, estimate=estimate.expected_voxels,
+                interval=None if iv is None else (float(iv[0]), float(iv[1])),
+            )  # fmt: skip
+        self.burden[case.id] = rec
         tp, fp, fn, tn = confusion(pred, case.truth, axes=(1, 2))
         self.counts += np.stack([tp, fp, fn, tn], axis=1).tolist()
         self.cases += [case.id] * len(tp)
@@ -71,6 +97,7 @@ class Scores:
             surface=own(self.surface),
             resolution=own(self.resolution),
             postprocessing=dict(self.postprocessing),
+            burden=own(self.burden),
         )
 
     @property
@@ -107,7 +134,19 @@ class Scores:
         if "volume" in self.kinds.values():
             result["per_volume_mean"] = self.aggregate("per_volume_mean")
             result.update(self.surface_means())
+        result.update(self.burden_summary())
         return result
+
+    def burden_summary(self) -> dict[str, Any]:
+        """``{"burden": agreement of the mask volumes}`` and, where every case has one,
+        ``"burden_expected"`` (:func:`~covseg.evaluation.agreement.agreement`); ``{}`` without
+        burden rows (a record from before covseg 0.3)."""
+        if not self.burden:
+            return {}
+        out = {"burden": agreement([b["mask"] for b in self.burden.values()])}
+        if all("expected" in b for b in self.burden.values()):
+            out["burden_expected"] = agreement([b["expected"] for b in self.burden.values()])
+        return out
 
     def to_record(self) -> dict[str, Any]:
         """The JSON record (``test_metrics.json`` of a cross-validation run)."""
@@ -121,6 +160,9 @@ class Scores:
             "surface": self.surface,
             "resolution": self.resolution,
             "per_slice_mean": self.aggregate("per_slice_mean") if self.n_items else {},
+            "burden": {
+                c: {k: dataclasses.asdict(v) for k, v in b.items()} for c, b in self.burden.items()
+            },
         }
 
     @classmethod
@@ -146,6 +188,10 @@ class Scores:
                 for k, v in (record.get("surface") or {}).items()
             }
             kinds = {str(k): str(v) for k, v in (record.get("kinds") or {}).items()}
+            burden = {
+                str(c): {str(k): _case_burden(v) for k, v in b.items()}
+                for c, b in (record.get("burden") or {}).items()
+            }
             post = record.get("postprocessing") or {
                 "threshold": record.get("threshold"),
                 "min_component": record.get("min_component"),
@@ -159,4 +205,12 @@ class Scores:
             surface=surface,
             resolution=dict(record.get("resolution") or {}),
             postprocessing=dict(post),
+            burden=burden,
         )
+
+
+def _case_burden(d: Any) -> CaseBurden:
+    if not isinstance(d, dict):
+        raise ValueError("a burden row is not an object")
+    iv = d.get("interval")
+    return CaseBurden(**{**d, "interval": None if iv is None else (float(iv[0]), float(iv[1]))})

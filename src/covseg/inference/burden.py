@@ -17,9 +17,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from covseg._version import __version__
-from covseg.config import PostProcessing
+from covseg.config import Calibration, PostProcessing
 
-__all__ = ["Burden", "BurdenReport", "burden_report", "left_right_counts"]
+__all__ = ["Burden", "BurdenEstimate", "BurdenReport", "burden_report", "left_right_counts"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,51 @@ class Burden:
 
 
 @dataclass(frozen=True)
+class BurdenEstimate:
+    """The calibrated estimate of a scan's infected volume (a calibrated checkpoint only).
+
+    Attributes:
+        expected_voxels: calibrated infection probabilities summed over the predicted lungs.
+        interval_voxels: ``(low, high)`` infection-mask voxels at the calibration's two
+            interval thresholds, or ``None``.
+        calibration: the calibration that made them.
+    """
+
+    expected_voxels: float
+    interval_voxels: tuple[int, int] | None
+    calibration: Calibration
+
+    def to_dict(self, voxel_ml: float | None, lung_voxels: int) -> dict[str, Any]:
+        """The report's ``infection_estimate`` record (volumes in mL where the voxel size is
+        known, percentages of the predicted lungs)."""
+        cal = self.calibration
+
+        def ml(v: float) -> float | None:
+            return None if voxel_ml is None else round(v * voxel_ml, 4)
+
+        def pct(v: float) -> float | None:
+            return round(100.0 * v / lung_voxels, 4) if lung_voxels > 0 else None
+
+        iv = self.interval_voxels
+        return {
+            "headline": cal.headline,
+            "expected_voxels": round(self.expected_voxels, 2),
+            "expected_ml": ml(self.expected_voxels),
+            "expected_percent": pct(self.expected_voxels),
+            "interval_voxels": None if iv is None else list(iv),
+            "interval_ml": None if iv is None or voxel_ml is None else [ml(iv[0]), ml(iv[1])],
+            "interval_percent": None
+            if iv is None or lung_voxels <= 0
+            else [pct(iv[0]), pct(iv[1])],
+            "interval_thresholds": (
+                None if cal.interval_thresholds is None else list(cal.interval_thresholds)
+            ),
+            "interval_coverage_out_of_fold": cal.interval_coverage,
+            "calibration": {"slope": cal.infection_slope, "offset": cal.infection_offset},
+        }
+
+
+@dataclass(frozen=True)
 class BurdenReport:
     """What ``covseg segment`` writes as ``<case>_report.json`` (:meth:`to_dict`, same keys).
 
@@ -69,6 +114,8 @@ class BurdenReport:
         model_id: sha256 of the weights.
         case: the output prefix (file inputs).
         input: the input path (file inputs).
+        estimate: the calibrated estimate and interval of the infected volume (a calibrated
+            checkpoint), else ``None``.
     """
 
     shape: tuple[int, ...]
@@ -88,6 +135,7 @@ class BurdenReport:
     input: str | None = None
     covseg_version: str = __version__
     framing: str = "full"
+    estimate: BurdenEstimate | None = None
 
     @property
     def lung_found(self) -> bool:
@@ -107,6 +155,11 @@ class BurdenReport:
             "voxel_volume_ml": self.voxel_volume_ml,
             "lung_found": self.lung_found,
             **dataclasses.asdict(self.total),
+            "infection_estimate": (
+                None
+                if self.estimate is None
+                else self.estimate.to_dict(self.voxel_volume_ml, self.total.lung_voxels)
+            ),
             "left": dataclasses.asdict(self.left),
             "right": dataclasses.asdict(self.right),
             "infection_area_per_slice": list(self.infection_area_per_slice),
@@ -144,7 +197,8 @@ def burden_report(
         voxel_ml: millilitres per voxel, or ``None``.
         shape: the input array's shape.
         fields: the remaining :class:`BurdenReport` fields (``intensity_rule``,
-            ``postprocessing``, ``tta``, ``framing``, ``model_size``, ``model_id``).
+            ``postprocessing``, ``tta``, ``framing``, ``model_size``, ``model_id``,
+            ``estimate``).
     """
     lung_per_slice = lungs.sum(axis=(1, 2), dtype=np.int64)
     inf_per_slice = infection.sum(axis=(1, 2), dtype=np.int64)

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from covseg.data.geometry import canonical_view
-from covseg.data.io import Image, find_inputs, strip_suffix, write_mask
+from covseg.data.io import Image, find_inputs, read_image, write_mask
+from covseg.data.io.common import strip_suffix
 from covseg.data.preprocess import normalize_intensity
 from covseg.errors import DataError
 from covseg.files import file_mode, folder_lock, remove_stale, temporary_dir
@@ -39,6 +40,7 @@ __all__ = [
     "case_name",
     "check_output_dir",
     "format_summary",
+    "segment_file",
     "segment_files",
     "write_case",
 ]
@@ -185,6 +187,36 @@ def _overlay_slices(
     return images01, views[1][ids], views[2][ids], ids
 
 
+def segment_file(
+    seg: Segmenter, path: str | Path, out_dir: str | Path, *, progress: bool = False
+) -> SegmentResult:
+    """Segment one input with ``seg`` and write its outputs into ``out_dir`` (:func:`write_case`:
+    ``<case>_lungs``, ``<case>_infection``, ``<case>_report.json``, ``<case>_overlay.png``, all
+    written or none).
+
+    Args:
+        seg: the loaded model.
+        path: a NIfTI file, a DICOM series folder, or a PNG/JPG picture.
+        out_dir: output folder (created when the case is done).
+        progress: show a tqdm bar on stderr.
+
+    Returns:
+        The :class:`~covseg.inference.segmenter.SegmentResult` with ``paths`` filled
+        (``lungs``, ``infection``, ``overlay``, ``report``); its report names the ``case`` and
+        the ``input``.
+
+    Raises:
+        DataError: an unreadable or unusable input.
+        CheckpointError: a model without a lung head.
+    """
+    path = Path(path)
+    image = read_image(path)
+    result = seg.predict_image(image, progress)
+    result.report = result.report.replace(case=case_name(path), input=str(path))
+    result.paths = write_case(image, result, out_dir)
+    return result
+
+
 def segment_files(
     inputs: Iterable[str | Path],
     out_dir: str | Path,
@@ -251,7 +283,7 @@ def segment_files(
     reports = []
     try:
         for p in paths:
-            result = seg.predict_file(p, out_dir, progress=progress)
+            result = segment_file(seg, p, out_dir, progress=progress)
             log.debug("%s -> %s", p, result.paths["report"])
             reports.append(result.report)
     finally:
@@ -262,22 +294,31 @@ def segment_files(
 
 
 def format_summary(reports: Sequence[BurdenReport]) -> str:
-    """A text table: case, lung mL, infection mL, percent infected (``-`` where unknown)."""
+    """A text table: case, lung mL, infection mL, percent infected (``-`` where unknown); with a
+    calibrated model also the expected percent and the interval of the percent."""
 
     def cell(v: float | None, fmt: str) -> str:
         return "-" if v is None else format(v, fmt)
 
-    rows = [("case", "lung mL", "infection mL", "infected %")]
+    calibrated = any(r.estimate is not None for r in reports)
+    head = ("case", "lung mL", "infection mL", "infected %")
+    rows = [head + (("expected %", "interval %") if calibrated else ())]
     for r in reports:
-        rows.append(
-            (
-                str(r.case),
-                cell(r.total.lung_volume_ml, ".1f"),
-                cell(r.total.infection_volume_ml, ".1f"),
-                cell(r.total.infection_percent, ".2f") if r.lung_found else "no lung",
-            )
+        row = (
+            str(r.case),
+            cell(r.total.lung_volume_ml, ".1f"),
+            cell(r.total.infection_volume_ml, ".1f"),
+            cell(r.total.infection_percent, ".2f") if r.lung_found else "no lung",
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        if calibrated:
+            est = None if r.estimate is None else r.estimate.to_dict(None, r.total.lung_voxels)
+            iv = None if est is None else est["interval_percent"]
+            row += (
+                cell(None if est is None else est["expected_percent"], ".2f"),
+                "-" if iv is None else f"{iv[0]:.2f}-{iv[1]:.2f}",
+            )
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(row))
         for row in rows

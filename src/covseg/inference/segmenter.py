@@ -12,7 +12,8 @@ output masks, and one batch; nothing per slice is kept in float):
 4. the masks are written straight into arrays of the input's shape and voxel order through a view
    of the canonical orientation (:func:`~covseg.data.geometry.canonical_view`).
 
-File outputs (masks, report JSON, overlay) are :mod:`covseg.inference.outputs`' job.
+File outputs (masks, report JSON, overlay) are :mod:`covseg.inference.outputs`' job: it calls the
+segmenter, never the other way round.
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ from covseg.data.geometry import canonical_spacing, canonical_view, voxel_volume
 from covseg.data.io import MAX_SIDE, Image, check_affine
 from covseg.data.preprocess import INTENSITY_RULES, detect_intensity_rule, normalize_intensity
 from covseg.errors import CheckpointError, DataError
-from covseg.inference.burden import BurdenReport, burden_report
+from covseg.inference.burden import BurdenEstimate, BurdenReport, burden_report
+from covseg.inference.calibration import calibrate
 from covseg.inference.framing import framed_probabilities
 from covseg.inference.postprocess import Masks, masks_from_probabilities
 from covseg.inference.predict import Predictor, Probabilities
 from covseg.meta import CheckpointMeta
 
-__all__ = ["MAX_SIDE", "SegmentResult", "Segmenter"]
+__all__ = ["SegmentResult", "Segmenter"]
 
 #: Output pixels post-processed per batch: the batch shrinks for large slices, so the float
 #: probabilities at full resolution stay within ~100 MB whatever the slice size.
@@ -52,7 +54,8 @@ class SegmentResult:
         lungs: uint8 ``{0, 1}`` lungs, the input's shape and voxel order (includes infection).
         infection: uint8 ``{0, 1}`` infection, the input's shape and voxel order.
         report: the infection-burden report (``report.to_dict()`` is the JSON).
-        paths: the files written by :meth:`Segmenter.predict_file` (empty for arrays).
+        paths: the files written by :func:`covseg.inference.outputs.segment_file` (empty for
+            arrays).
     """
 
     lungs: np.ndarray
@@ -109,6 +112,7 @@ class Segmenter:
             size=meta.preprocessing.size,
         )
         self.post = meta.postprocessing
+        self.calibration = meta.calibration
         self.size = meta.preprocessing.size
         self.intensity = intensity or meta.preprocessing.intensity
         self.framing = framing or meta.preprocessing.framing
@@ -234,10 +238,13 @@ class Segmenter:
     def framed(self, images01: np.ndarray) -> Probabilities:
         """Head probabilities of normalised ``(N, H, W)`` slices at their own ``(H, W)``: resized
         to the network's input, with the segmenter's framing
-        (:func:`~covseg.inference.framing.framed_probabilities`)."""
-        return framed_probabilities(
+        (:func:`~covseg.inference.framing.framed_probabilities`), the infection head's
+        calibrated by the checkpoint's :class:`~covseg.config.Calibration`."""
+        lung, inf = framed_probabilities(
             self.predictor, np.asarray(images01, dtype=np.float32), self.size, self.framing
         )
+        cal = self.calibration
+        return Probabilities(lung, calibrate(inf, cal.infection_slope, cal.infection_offset))
 
     def segment_slices(
         self,
@@ -247,16 +254,36 @@ class Segmenter:
         *,
         rule: str,
         progress: str | None = None,
-    ) -> None:
+    ) -> BurdenEstimate | None:
         """Fill ``out_lung``/``out_inf`` (``(N, H, W)``, views allowed) from raw canonical
         ``(N, H, W)`` slices (steps 1-3 of the module docstring); ``out_lung`` gets zeros for a
         model without a lung head.
+
+        Returns:
+            With a calibrated checkpoint, the expected infected voxels (calibrated infection
+            probabilities summed over the predicted lungs) and the interval's voxel counts
+            (:class:`~covseg.config.Calibration`); else ``None``.
         """
+        cal = self.calibration
+        calibrated = self.meta.calibrated
+        expected, bounds = 0.0, [0, 0]
         for i, probs in self.probabilities(slices, rule=rule, progress=progress):
             masks = masks_from_probabilities(*probs, self.post, self.size)
             k = len(masks.infection)
             out_lung[i : i + k] = 0 if masks.lung is None else masks.lung
             out_inf[i : i + k] = masks.infection
+            if not calibrated or probs.lung is None:
+                continue
+            expected += float(probs.infection[probs.lung >= self.post.lung_threshold].sum())
+            for j, t in enumerate(cal.interval_thresholds or ()):
+                post = self.post.replace(threshold=t)
+                bounds[j] += int(
+                    np.count_nonzero(masks_from_probabilities(*probs, post, self.size).infection)
+                )
+        if not calibrated:
+            return None
+        interval = None if cal.interval_thresholds is None else (bounds[1], bounds[0])
+        return BurdenEstimate(expected, interval, cal)
 
     def segment_prepared(self, images01: np.ndarray) -> Masks:
         """Masks of slices already normalised (a prepared dataset's ``(N, S', S')`` images in
@@ -372,7 +399,9 @@ class Segmenter:
             lungs = np.zeros(shape, dtype=np.uint8)
             infection = np.zeros(shape, dtype=np.uint8)
             views = lungs.reshape(slices.shape), infection.reshape(slices.shape)
-        self.segment_slices(slices, *views, rule=rule, progress=path.name if progress else None)
+        estimate = self.segment_slices(
+            slices, *views, rule=rule, progress=path.name if progress else None
+        )
         report = burden_report(
             *views,
             spacing_mm=mm,
@@ -384,35 +413,6 @@ class Segmenter:
             framing=self.framing,
             model_size=self.size,
             model_id=self.model_id,
+            estimate=estimate,
         )
         return SegmentResult(lungs, infection, report)
-
-    # ------------------------------------------------------------------------------- files
-    def predict_file(
-        self, path: str | Path, out_dir: str | Path, *, progress: bool = False
-    ) -> SegmentResult:
-        """Segment one input and write its outputs into ``out_dir``
-        (:func:`covseg.inference.outputs.write_case`: ``<case>_lungs``, ``<case>_infection``,
-        ``<case>_report.json``, ``<case>_overlay.png``, all written or none).
-
-        Args:
-            path: a NIfTI file, a DICOM series folder, or a PNG/JPG picture.
-            out_dir: output folder (created when the case is done).
-            progress: show a tqdm bar on stderr.
-
-        Returns:
-            The :class:`SegmentResult` with ``paths`` filled (``lungs``, ``infection``,
-            ``overlay``, ``report``); its report names the ``case`` and the ``input``.
-
-        Raises:
-            DataError: an unreadable or unusable input.
-        """
-        from covseg.data.io import read_image
-        from covseg.inference.outputs import case_name, write_case
-
-        path = Path(path)
-        image = read_image(path)
-        result = self.predict_image(image, progress)
-        result.report = result.report.replace(case=case_name(path), input=str(path))
-        result.paths = write_case(image, result, out_dir)
-        return result

@@ -10,14 +10,14 @@ Routes (all JSON but the page, the files and the CSV):
 
 =======================================  ==================================================
 ``GET /``                                the page (``static/index.html``)
-``GET /static/...``                      our script and style, and the vendored NiiVue
-``GET /api/status``                      version, model state, limits, whether the viewer is
-                                         installed
+``GET /static/...``                      our scripts and style
+``GET /api/status``                      version, model state, limits
 ``GET /api/jobs``                        every job since the server started
 ``POST /api/jobs?name=N``                an upload -> a queued job (202), or ``{"error"}``
 ``POST /api/demo``                       the demo phantom -> a queued job (202)
 ``GET /api/jobs/{id}``                   one job (state, stage, report, URLs)
-``GET /api/jobs/{id}/view/{volume}``     ``ct``/``lungs``/``infection`` NIfTI for the viewer
+``GET /api/jobs/{id}/view/{file}``       ``ct.raw``/``labels.raw``: the viewer's arrays
+                                         (:mod:`covseg.serve.display`)
 ``GET /api/jobs/{id}/download/{file}``   ``segment``'s ``lungs``/``infection``/``overlay``/
                                          ``report`` file, unchanged
 ``GET /api/summary.csv``                 one row per done case
@@ -54,7 +54,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from covseg._version import __version__
 from covseg.errors import CovsegError, DataError
 from covseg.serve.config import ServeConfig, is_loopback
-from covseg.serve.jobs import DEMO_NAME, Job, JobQueue, view_name
+from covseg.serve.jobs import DEMO_NAME, VIEW_FILES, Job, JobQueue
 from covseg.serve.summary import summary_csv
 from covseg.serve.uploads import (
     INPUT_NAMES,
@@ -66,13 +66,11 @@ from covseg.serve.uploads import (
     too_large,
 )
 
-__all__ = ["STATIC", "VIEWER_JS", "create_app", "serve"]
+__all__ = ["STATIC", "create_app", "serve"]
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
-#: NiiVue's self-contained ES module, copied here by ``make`` (``make viewer``).
-VIEWER_JS = STATIC / "vendor" / "niivue" / "niivue.js"
 
 _CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
@@ -109,7 +107,7 @@ def create_app(config: ServeConfig, root: Path) -> Starlette:
         Route("/api/jobs", _upload, methods=["POST"]),
         Route("/api/demo", _demo, methods=["POST"]),
         Route("/api/jobs/{job_id}", _job, methods=["GET"]),
-        Route("/api/jobs/{job_id}/view/{volume}", _view, methods=["GET"]),
+        Route("/api/jobs/{job_id}/view/{name}", _view, methods=["GET"]),
         Route("/api/jobs/{job_id}/download/{key}", _download, methods=["GET"]),
         Route("/api/summary.csv", _summary, methods=["GET"]),
     ]
@@ -133,7 +131,6 @@ async def _status(request: Request) -> Response:
             "version": __version__,
             "model": {"state": jobs.model_state, "error": jobs.model_error},
             "max_upload_bytes": config.max_upload_bytes,
-            "viewer": VIEWER_JS.is_file(),
             "private": config.private,
         },
         headers=_NO_CACHE,
@@ -222,11 +219,11 @@ def _done_job(request: Request) -> Job | None:
 
 async def _view(request: Request) -> Response:
     job = _done_job(request)
-    volume = request.path_params["volume"]
-    key = volume.split(".", 1)[0]
-    if job is None or key not in job.views or view_name(key, job.views[key]) != volume:
+    name = request.path_params["name"]
+    if job is None or job.display is None or name not in VIEW_FILES:
         return _error("no such volume", 404)
-    return FileResponse(job.views[key], media_type="application/octet-stream")
+    path = getattr(job.display, VIEW_FILES[name])
+    return FileResponse(path, media_type="application/octet-stream")
 
 
 async def _download(request: Request) -> Response:

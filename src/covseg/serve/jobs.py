@@ -6,11 +6,11 @@ fight over them and double the peak memory. The model is loaded once, by the wor
 server has started (so the port answers within a second or two while torch imports), and every
 case then runs :func:`covseg.data.io.read_image` -> :meth:`Segmenter.predict_image
 <covseg.inference.segmenter.Segmenter.predict_image>` -> :func:`covseg.inference.outputs.write_case`,
-the three steps of ``Segmenter.predict_file``, with the case named after the upload (its stored
+the three steps of :func:`covseg.inference.outputs.segment_file`, with the case named after the upload (its stored
 name is generated) and the upload's name as the report's ``input``.
 
 A job's folder (``<root>/<job id>/``) holds its stored upload, ``out/`` (``segment``'s files) and
-``view/`` (display copies, :mod:`covseg.serve.display`). A failed job's folder is removed whole:
+``view/`` (the viewer's arrays, :mod:`covseg.serve.display`). A failed job's folder is removed whole:
 nothing partial is kept, and the failure stays listed with its one-line message.
 """
 
@@ -24,18 +24,23 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from covseg.errors import CovsegError
 from covseg.serve.config import ServeConfig
 
-__all__ = ["DEMO_NAME", "Job", "JobQueue", "view_name"]
+if TYPE_CHECKING:  # the worker imports it (with numpy and nibabel) once the server answers
+    from covseg.serve.display import DisplayVolumes
+
+__all__ = ["DEMO_NAME", "VIEW_FILES", "Job", "JobQueue"]
 
 log = logging.getLogger(__name__)
 
 #: The demo phantom: the fresh phantom that ``make demo`` segments (seed 7, 12 slices of 128 px).
 DEMO_NAME = "demo_phantom.nii.gz"
 _DEMO = {"seed": 7, "slices": 12, "size": 128}
+#: The viewer's files of a done job: URL name -> :class:`DisplayVolumes` attribute.
+VIEW_FILES = {"ct.raw": "ct", "labels.raw": "labels"}
 
 
 @dataclass
@@ -56,7 +61,10 @@ class Job:
         report: the report JSON (``BurdenReport.to_dict()``) of a done job.
         downloads: ``segment``'s files of a done job (``lungs``, ``infection``, ``overlay``,
             ``report``).
-        views: the viewer's NIfTI volumes (``ct``, ``lungs``, ``infection``).
+        display: the viewer's arrays of a done job.
+        submitted: when the job was queued (seconds since the epoch).
+        finished: when it ended (seconds since the epoch), ``None`` before.
+        seconds: how long it ran.
     """
 
     id: str
@@ -70,8 +78,9 @@ class Job:
     error: str | None = None
     report: dict[str, Any] | None = None
     downloads: dict[str, Path] = field(default_factory=dict)
-    views: dict[str, Path] = field(default_factory=dict)
+    display: DisplayVolumes | None = None
     submitted: float = field(default_factory=time.time)
+    finished: float | None = None
     seconds: float | None = None
 
     def to_json(self, position: int | None = None) -> dict[str, Any]:
@@ -85,19 +94,16 @@ class Job:
             "stage": self.stage,
             "position": position,
             "error": self.error,
+            "submitted": self.submitted,
             "seconds": self.seconds,
+            "finished": self.finished,
             "report": self.report,
             "downloads": {
                 key: {"url": f"{base}/download/{key}", "filename": path.name}
                 for key, path in self.downloads.items()
             },
-            "views": {key: f"{base}/view/{view_name(key, p)}" for key, p in self.views.items()},
+            "display": None if self.display is None else self.display.to_json(f"{base}/view"),
         }
-
-
-def view_name(key: str, path: Path) -> str:
-    """``ct.nii.gz``, ``lungs.nii``...: the URL's last part tells the viewer the format."""
-    return key + (".nii.gz" if path.name.endswith(".gz") else ".nii")
 
 
 class JobQueue:
@@ -215,7 +221,8 @@ class JobQueue:
             return
         finally:
             self._running = None
-        self._set(job, state="done", stage="", seconds=round(time.perf_counter() - t0, 3), **fields)
+        seconds = round(time.perf_counter() - t0, 3)
+        self._set(job, state="done", stage="", seconds=seconds, finished=time.time(), **fields)
         log.info("%s: done in %.1f s (job %s)", job.name, job.seconds, job.id)
 
     def _segment(self, job: Job) -> dict[str, Any]:
@@ -235,14 +242,13 @@ class JobQueue:
         result.report = result.report.replace(case=job.case, input=job.name)
         self._set(job, stage="writing the outputs")
         written = write_case(image, result, job.folder / "out")
-        views = display_volumes(
-            image, result.lungs, result.infection, written, job.source, job.folder / "view"
-        )
-        return {"report": result.report.to_dict(), "downloads": written, "views": views}
+        self._set(job, stage="preparing the viewer")
+        display = display_volumes(image, result.lungs, result.infection, job.folder / "view")
+        return {"report": result.report.to_dict(), "downloads": written, "display": display}
 
     def _fail(self, job: Job, message: str) -> None:
         shutil.rmtree(job.folder, ignore_errors=True)  # nothing partial is kept
-        self._set(job, state="failed", stage="", error=message)
+        self._set(job, state="failed", stage="", error=message, finished=time.time())
         log.warning("%s: failed: %s", job.name, message)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 __all__ = ["COLUMNS", "summary_csv"]
 
 #: Column -> where its value sits in the report JSON.
-COLUMNS: dict[str, tuple[str, ...]] = {
+COLUMNS: dict[str, tuple[str | int, ...]] = {
     "case": ("case",),
     "input": ("input",),
     "lung_ml": ("lung_volume_ml",),
@@ -21,6 +21,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "left_infected_percent": ("left", "infection_percent"),
     "right_lung_ml": ("right", "lung_volume_ml"),
     "right_infected_percent": ("right", "infection_percent"),
+    "expected_infected_percent": ("infection_estimate", "expected_percent"),
+    "interval_low_percent": ("infection_estimate", "interval_percent", 0),
+    "interval_high_percent": ("infection_estimate", "interval_percent", 1),
 }
 
 
@@ -34,10 +37,13 @@ def summary_csv(reports: Iterable[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def _get(report: dict[str, Any], keys: tuple[str, ...]) -> Any:
+def _get(report: dict[str, Any], keys: tuple[str | int, ...]) -> Any:
     value: Any = report
     for key in keys:
-        value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(key, int):
+            value = value[key] if isinstance(value, list) and len(value) > key else None
+        else:
+            value = value.get(key) if isinstance(value, dict) else None
     return value
 
 

@@ -25,7 +25,8 @@ from covseg.data.dataset import CombinedDataset, PreparedDataset, open_prepared
 from covseg.data.preprocess import normalize_intensity, resize_slices
 from covseg.data.splits import load_or_make_folds
 from covseg.errors import DataError
-from covseg.evaluation.evaluate import LabelledCase, original_cases, score_cases
+from covseg.evaluation.cases import LabelledCase, original_cases
+from covseg.evaluation.evaluate import score_cases, score_variants
 from covseg.evaluation.scores import Scores
 from covseg.files import write_json
 from covseg.inference.segmenter import Segmenter
@@ -139,7 +140,7 @@ def _open_run(
     run: Path, data: PreparedDataset | CombinedDataset, device: str, which: str
 ) -> tuple[Segmenter, Any, dict]:
     """The run's ``which`` checkpoint as a :class:`Segmenter`, its metadata, and the original
-    cases of ``data`` (:func:`~covseg.evaluation.evaluate.original_cases`)."""
+    cases of ``data`` (:func:`~covseg.evaluation.cases.original_cases`)."""
     model, meta = load_checkpoint(run / f"{which}.safetensors")
     seg = Segmenter(model, meta, device=device, batch_size=16)
     with tempfile.TemporaryDirectory(prefix="covseg-cv-") as tmp:
@@ -167,7 +168,7 @@ def evaluate_test_fold(
 ) -> dict[str, Any]:
     """Score a run's ``which`` checkpoint on its test cases, as ``segment`` would segment them.
 
-    Writes ``run/test_metrics.json`` (:meth:`~covseg.evaluation.evaluate.Scores.to_record` plus
+    Writes ``run/test_metrics.json`` (:meth:`~covseg.evaluation.scores.Scores.to_record` plus
     ``fold``, ``repeat`` and ``checkpoint``) and ``run/panels.npz`` (the test slices with the
     most infection, for the report's figure); with ``robustness`` also
     ``run/test_robustness.json`` (:func:`evaluate_test_robustness`), from the same pass: the
@@ -199,8 +200,6 @@ def evaluate_test_fold(
 
     cases = list(meta.data.test_cases)
     if robustness:
-        from covseg.evaluation.robustness import score_variants
-
         variants = score_variants(
             seg,
             data,
@@ -249,7 +248,7 @@ def evaluate_test_robustness(
     variants: tuple[str, ...] = ROBUSTNESS_VARIANTS,
 ) -> dict[str, Any]:
     """Score a run's ``which`` checkpoint on its test cases re-framed and re-windowed
-    (:func:`~covseg.evaluation.robustness.score_variants`: the ``segment`` path on each
+    (:func:`~covseg.evaluation.evaluate.score_variants`: the ``segment`` path on each
     variant; ``plain`` equals :func:`evaluate_test_fold`'s scores).
 
     Writes ``run/test_robustness.json``: ``{"checkpoint", "variants": {name: Scores record}}``.
@@ -257,8 +256,6 @@ def evaluate_test_robustness(
     Returns:
         The dict written.
     """
-    from covseg.evaluation.robustness import score_variants
-
     run = Path(run)
     seg, meta, originals = _open_run(run, data, device, which)
     scores = score_variants(seg, data, list(meta.data.test_cases), originals, variants)

@@ -25,7 +25,7 @@ import numpy as np
 from covseg.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from covseg.config import PostProcessing, to_dict
 from covseg.data.dataset import SOURCE_SEP, CombinedDataset, PreparedDataset
-from covseg.evaluation.evaluate import labelled_cases, original_cases
+from covseg.evaluation.cases import labelled_cases, original_cases
 from covseg.evaluation.metrics import aggregate, confusion
 from covseg.inference.postprocess import masks_from_probabilities
 from covseg.inference.segmenter import Segmenter
@@ -41,12 +41,16 @@ LUNG_MARGINS: tuple[int | None, ...] = (2, 0, 4, 8, None)
 
 class OOF:
     """Out-of-fold probabilities: one :class:`~covseg.training.selection.Item` per test case,
-    with the run that predicted it and that run's own post-processing."""
+    with the run that predicted it, that run's own post-processing, the case's lung truth
+    (``None`` where the masks have no lung labels) and its voxel volume in mL (``None`` for
+    pictures)."""
 
     def __init__(self) -> None:
         self.items: list[Item] = []
         self.case_ids: list[str] = []
         self.own: list[PostProcessing] = []
+        self.lung_truth: list[np.ndarray | None] = []
+        self.voxel_ml: list[float | None] = []
         self.model_size = 0
 
     @property
@@ -59,8 +63,11 @@ def collect_oof(
     data: PreparedDataset | CombinedDataset,
     which: str = "last",
     device: str = "cpu",
+    framing: str | None = None,
 ) -> OOF:
-    """Predict every run's test cases with its ``which`` checkpoint (``"best"`` or ``"last"``).
+    """Predict every run's test cases with its ``which`` checkpoint (``"best"`` or ``"last"``),
+    with ``framing`` (``None``: each checkpoint's own; ``"lungs"`` for a model shipped with
+    lung framing).
 
     Raises:
         DataError: no run folder with that checkpoint.
@@ -77,7 +84,7 @@ def collect_oof(
         originals = original_cases(data, pre, Path(tmp))
     for run in runs:
         model, meta = load_checkpoint(run / f"{which}.safetensors")
-        seg = Segmenter(model, meta, device=device, batch_size=16)
+        seg = Segmenter(model, meta, device=device, batch_size=16, framing=framing)
         oof.model_size = seg.size
         for case in labelled_cases(data, list(meta.data.test_cases), originals):
             if case.raw is not None:
@@ -90,6 +97,9 @@ def collect_oof(
             oof.items.append(Item(lung, inf, case.truth))
             oof.case_ids.append(f"{run.name}/{case.id}")
             oof.own.append(meta.postprocessing)
+            oof.lung_truth.append(case.lung)
+            sp = case.spacing
+            oof.voxel_ml.append(None if sp is None else float(np.prod(sp)) / 1000.0)
     return oof
 
 

@@ -21,7 +21,7 @@ from covseg.errors import CheckpointError, DataError
 from covseg.inference.predict import resolve_device
 from covseg.meta import CheckpointMeta, DataRecord
 from covseg.models.ensemble import Ensemble
-from covseg.training.loop import chosen_postprocessing, validation_slices
+from covseg.training.validation import chosen_postprocessing, validation_slices
 
 __all__ = ["ensemble"]
 

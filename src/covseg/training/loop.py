@@ -5,7 +5,7 @@ Reproducibility: every random draw of an epoch (shuffling, augmentation, dropout
 what an uninterrupted run would have done; the RNG states are saved and restored as well.
 
 Validation and the choice of the post-processing go through the same step as ``segment``
-(:mod:`covseg.inference.postprocess`).
+(:mod:`covseg.inference.postprocess`; :mod:`covseg.training.validation`).
 
 Outputs in ``RUN/``: ``last.*`` (every epoch) and ``best.*`` (best validation Dice) checkpoints,
 each with the post-processing chosen on the validation slices, ``last_state.*`` (optimizer,
@@ -14,7 +14,6 @@ scheduler, counters, RNG; :mod:`covseg.training.state`), ``log.csv`` and ``curve
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -24,34 +23,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from covseg.checkpoint import load_checkpoint, read_meta, save_checkpoint, update_meta
+from covseg.checkpoint import save_checkpoint
 from covseg.config import ModelConfig, PostProcessing, Preprocessing, TrainConfig
 from covseg.data.dataset import CombinedDataset, PreparedDataset, data_key, open_prepared
 from covseg.data.splits import load_or_make_folds, split_validation
 from covseg.errors import DataError
-from covseg.evaluation.metrics import confusion, dice
-from covseg.inference.framing import framed_probabilities
-from covseg.inference.postprocess import masks_from_probabilities
-from covseg.inference.predict import Probabilities, predict_probabilities, resolve_device
+from covseg.inference.predict import resolve_device
 from covseg.meta import CheckpointMeta, DataRecord
 from covseg.models import build_model, count_parameters
 from covseg.training.distributed import ProcessGroup, cpu_threads, torch_threads
 from covseg.training.epoch import make_loader, train_epoch
 from covseg.training.losses import BifurcatedLoss
-from covseg.training.selection import Item, select_postprocessing
 from covseg.training.state import restore, save_last, write_log
+from covseg.training.validation import stack_slices, validation_dice, write_postprocessing
 
-__all__ = [
-    "choose_postprocessing",
-    "chosen_postprocessing",
-    "fold_cases",
-    "train",
-    "validation_slices",
-]
+__all__ = ["fold_cases", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +191,7 @@ def _train(
     loss_fn = BifurcatedLoss(cfg.w_lung, cfg.w_aux, cfg.w_final, cfg.dice, cfg.dice_mode)
     amp_dtype = _amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    val_images, val_truth = _stack(data, val_items)
+    val_images, val_truth = stack_slices(data, val_items)
     start = int(counters["epoch"])
     bar = _progress(range(start, cfg.epochs), start, cfg.epochs, disable=not group.main)
     for epoch in bar:
@@ -211,7 +200,7 @@ def _train(
         torch.manual_seed(seed)
         loader = make_loader(data, train_items, extra, cfg, seed, epoch, group, device)
         losses = train_epoch(net, loader, loss_fn, opt, scaler, amp_dtype, cfg, device)
-        val_dice = _val_dice(model, val_images, val_truth, meta, cfg.batch_size, device)
+        val_dice = validation_dice(model, val_images, val_truth, meta, cfg.batch_size, device)
         lr = opt.param_groups[0]["lr"]
         _step_scheduler(sched, val_dice)
         row = {"epoch": epoch + 1, "lr": lr, **losses, "val_dice": val_dice}
@@ -251,7 +240,7 @@ def _train(
         plot_curves(rows, out / "curves.png")
         if cfg.threshold_search and len(val_images):
             for name in ("best", "last"):
-                _choose_postprocessing(out / f"{name}.json", val_images, val_truth, cfg, device)
+                write_postprocessing(out / f"{name}.json", val_images, val_truth, cfg, device)
     group.barrier()
     return out
 
@@ -287,159 +276,3 @@ def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda" or not cfg.amp:
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def _stack(data: PreparedDataset, items: list[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray]:
-    if not items:
-        s = int(data.manifest.get("params", {}).get("size", 0))
-        return np.zeros((0, s, s), np.float32), np.zeros((0, s, s), bool)
-    images = np.stack([data.load(c)["image"][k] for c, k in items]).astype(np.float32)
-    truth = np.stack([data.load(c)["infection"][k] for c, k in items]).astype(bool)
-    return images, truth
-
-
-def _probabilities(
-    model: nn.Module, images: np.ndarray, pre: Preprocessing, batch: int, device: torch.device
-) -> Probabilities:
-    """Head probabilities of prepared slices with the checkpoint's framing (what ``segment``
-    computes of them)."""
-
-    def predict(x: np.ndarray) -> Probabilities:
-        return predict_probabilities(model, x, batch_size=batch, device=device)
-
-    return framed_probabilities(predict, images, pre.size, pre.framing)
-
-
-def _val_dice(
-    model: nn.Module,
-    images: np.ndarray,
-    truth: np.ndarray,
-    meta: CheckpointMeta,
-    batch: int,
-    device: torch.device,
-) -> float:
-    """Per-slice-mean Dice of the masks the run's default post-processing makes of the
-    validation slices (NaN without validation slices)."""
-    if len(images) == 0:
-        return math.nan
-    probs = _probabilities(model, images, meta.preprocessing, batch, device)
-    masks = masks_from_probabilities(*probs, meta.postprocessing, meta.preprocessing.size)
-    return float(np.mean(dice(*confusion(masks.infection, truth, axes=(1, 2)))))
-
-
-def choose_postprocessing(
-    checkpoint: str | Path,
-    data_root: str | Path | Sequence[str | Path],
-    *,
-    framing: str | None = None,
-    device: str | torch.device = "cpu",
-) -> CheckpointMeta:
-    """Choose a trained checkpoint's post-processing again on its own validation slices, e.g.
-    after changing how ``segment`` frames them: the search that ends :func:`train`, on the
-    predictions ``segment`` makes with ``framing``.
-
-    The validation slices are those the run held out: the same split of the recorded training
-    cases with the recorded seed and fraction. The weights (and their hash) are untouched; the
-    checkpoint's JSON gets the framing, the post-processing and ``val_dice_postprocessed``.
-
-    Args:
-        checkpoint: a run's ``best``/``last`` checkpoint (``.safetensors`` or ``.json``).
-        data_root: the prepared dataset(s) it was trained on, in the same order.
-        framing: one of :data:`~covseg.config.FRAMINGS`; ``None``: the checkpoint's.
-        device: where to run the network.
-
-    Returns:
-        The updated metadata.
-
-    Raises:
-        DataError: a checkpoint without recorded training cases, or data without them.
-    """
-    meta = read_meta(checkpoint)
-    images, truth = validation_slices(meta, data_root, str(checkpoint))
-    assert meta.train_config is not None
-    return _choose_postprocessing(
-        Path(checkpoint), images, truth, meta.train_config, resolve_device(device), framing=framing
-    )
-
-
-def validation_slices(
-    meta: CheckpointMeta, data_root: str | Path | Sequence[str | Path], where: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """The validation slices a run held out (images, truth): the same split of its recorded
-    training cases with its recorded seed and fraction.
-
-    Raises:
-        DataError: a checkpoint without recorded training cases, data without them, or a run
-            that held out no validation slices (``where`` names the checkpoint).
-    """
-    cfg, cases = meta.train_config, list(meta.data.train_cases)
-    if cfg is None or not cases:
-        raise DataError(f"{where}: no recorded training run to take validation slices from")
-    data = open_prepared(data_root)
-    missing = sorted(set(cases) - set(data.case_ids))
-    if missing:
-        raise DataError(f"{where}: training case {missing[0]!r} is not in the data")
-    _, val_items = split_validation(
-        data, cases, fraction=cfg.val_fraction, by=cfg.val_by, seed=cfg.seed
-    )
-    if not val_items:
-        raise DataError(f"{where}: its run held out no validation slices")
-    return _stack(data, val_items)
-
-
-def chosen_postprocessing(
-    model: nn.Module,
-    meta: CheckpointMeta,
-    images: np.ndarray,
-    truth: np.ndarray,
-    cfg: TrainConfig,
-    device: torch.device,
-    framing: str | None = None,
-) -> CheckpointMeta:
-    """``meta`` with the post-processing :func:`select_postprocessing` picks for ``model`` on
-    the validation slices (seen with ``framing``, or ``meta``'s), that framing, and
-    ``val_dice_postprocessed``; nothing is written."""
-    pre = meta.preprocessing
-    if framing is not None:
-        pre = dataclasses.replace(pre, framing=framing)
-    lung, inf = _probabilities(model, images, pre, cfg.batch_size, device)
-    sel = select_postprocessing(
-        [Item(lung, inf, truth)],
-        pre.size,
-        min_components=cfg.min_component_candidates,
-        lung_margins=cfg.lung_margin_candidates,
-    )
-    return meta.replace(
-        preprocessing=pre,
-        postprocessing=sel.postprocessing,
-        metrics={**meta.metrics, "val_dice_postprocessed": sel.dice},
-        postprocessing_source=f"chosen on {sel.n_slices} validation slices",
-    )
-
-
-def _choose_postprocessing(
-    side: Path,
-    images: np.ndarray,
-    truth: np.ndarray,
-    cfg: TrainConfig,
-    device: torch.device,
-    framing: str | None = None,
-) -> CheckpointMeta:
-    """Select the checkpoint's post-processing on the validation slices (with ``framing``, or
-    the checkpoint's); record both in one write."""
-    model, meta = load_checkpoint(side, device=device)
-    new = chosen_postprocessing(model, meta, images, truth, cfg, device, framing=framing)
-    updated = update_meta(
-        side,
-        preprocessing=new.preprocessing,
-        postprocessing=new.postprocessing,
-        metrics=new.metrics,
-        postprocessing_source=new.postprocessing_source,
-    )
-    log.info(
-        "%s: post-processing %s (val Dice %.4f)",
-        side,
-        updated.postprocessing,
-        updated.metrics["val_dice_postprocessed"],
-    )
-    return updated

@@ -5,7 +5,7 @@ produces — it runs the same stages (:func:`~covseg.inference.postprocess.near_
 threshold, :func:`~covseg.inference.postprocess.component_sizes`) with the same scaling — only
 sharing work across the grid: the lung region once per margin, one labelling per threshold for
 all component sizes. Training runs it on a run's validation slices; ``experiments/oof_threshold.py``
-on the out-of-fold predictions of a cross-validation (:mod:`covseg.evaluation.oof`).
+on the out-of-fold predictions of a cross-validation (:mod:`covseg.studies.oof`).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 A series is checked before its pixels are decoded: one ``SeriesInstanceUID``, valid and shared
 orientation and pixel spacing, one finite position per slice, uniform slice spacing, and a size
-within :data:`~covseg.data.io.MAX_SIDE` / :data:`~covseg.data.io.MAX_VOXELS`. The output array is
-allocated once and filled slice by slice, so memory peaks at the volume plus one slice.
+within :data:`~covseg.data.io.common.MAX_SIDE` / :data:`~covseg.data.io.common.MAX_VOXELS`. The
+output array is allocated once and filled slice by slice, so memory peaks at the volume plus one
+slice.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from covseg.data.io import Image, check_size, list_folder, log_skipped, quiet_reading
+from covseg.data.io.common import Image, check_size, quiet_reading
+from covseg.data.io.folders import list_folder, log_skipped
 from covseg.errors import DataError
 
 __all__ = ["read_dicom_series"]

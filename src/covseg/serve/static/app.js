@@ -1,33 +1,43 @@
-// covseg viewer: uploads, the job list, the NiiVue viewer and the burden report.
-// Everything is served by `covseg serve` itself; NiiVue is the copy that `make` vendored.
+// covseg viewer: uploads, the case list, the slice viewer and the burden report.
+// Everything is served by `covseg serve` itself; nothing is fetched from elsewhere.
+//
+// One rule keeps the page consistent: the highlighted case is the one the viewer and the report
+// show (its images, its progress, or why it failed), and the toolbar shows the viewer's state.
 
-const VIEWER_MODULE = "/static/vendor/niivue/niivue.js";
+import { fmt, markSlice, renderNothing, renderPending, renderReport } from "./report.js";
+import { fetchBytes, send } from "./uploads.js";
+import { LAYOUTS, Viewer } from "./viewer.js";
+import { Volume } from "./volume.js";
+
 // Window presets (width, level) in HU.
-const PRESETS = { lung: [1500, -600], mediastinum: [350, 40] };
-const COLORMAPS = {
-  "covseg-lungs": { R: [0, 40], G: [0, 220], B: [0, 90], A: [0, 255], I: [0, 255] },
-  "covseg-infection": { R: [0, 255], G: [0, 30], B: [0, 30], A: [0, 255], I: [0, 255] },
-};
-const DOWNLOADS = [
-  ["lungs", "Lung mask"],
-  ["infection", "Infection mask"],
-  ["report", "Report (JSON)"],
-  ["overlay", "Overlay figure"],
-];
+const PRESETS = { lung: [1500, -600], mediastinum: [350, 40], bone: [2000, 400] };
+const VIEW_ORDER = Object.keys(LAYOUTS);
+const PAGE = 10; // slices per Page Up / Page Down
+const TITLES = { axial: "Axial", coronal: "Coronal", sagittal: "Sagittal" };
 
 const $ = (id) => document.getElementById(id);
+const viewer = new Viewer($("viewer"));
 const state = {
   status: null,
   jobs: [],
   uploads: new Map(), // local id -> {name, loaded, total}
-  selected: null, // job id shown (or waited for)
-  shown: null, // job id whose volumes are in the viewer
-  failedSeen: new Set(),
-  nv: null,
-  NV: null, // the NiiVue module
-  fullRange: null,
+  selected: null, // the job the viewer and the report are about
+  auto: false, // selected by an upload (not by a click): a failure goes back to `previous`
+  previous: null, // the done job shown before an upload took the selection
+  epoch: 0, // bumped by each click on a case: an upload batch no longer takes the selection
+  shown: null, // the job whose arrays the viewer holds (or is loading)
+  loadToken: 0,
 };
+// Failures this tab has already announced, and the jobs it submitted: a reload announces
+// neither old failures again nor other tabs' failures.
+const alerted = new Set(JSON.parse(sessionStorage.getItem("covseg-alerted") || "[]"));
+const mine = new Set(JSON.parse(sessionStorage.getItem("covseg-mine") || "[]"));
 let uploadCounter = 0;
+
+function remember(set, key, id) {
+  set.add(id);
+  sessionStorage.setItem(key, JSON.stringify([...set]));
+}
 
 // ---------------------------------------------------------------------------- errors
 function showError(message) {
@@ -47,60 +57,69 @@ function showError(message) {
 }
 
 // --------------------------------------------------------------------------- uploads
-function upload(file) {
+/** Upload files; the first of them the server accepts (in the order given) is selected. */
+function uploadAll(files) {
+  const batch = { epoch: state.epoch, results: files.map(() => null), done: false };
+  files.forEach((file, i) => {
+    performance.mark("covseg:upload", { detail: { name: file.name } });
+    uploadOne(file).then((id) => {
+      batch.results[i] = id || "";
+      settle(batch);
+    });
+  });
+}
+
+function settle(batch) {
+  if (batch.done || batch.epoch !== state.epoch) return;
+  for (const id of batch.results) {
+    if (id === null) return; // an earlier file is still on its way
+    if (id) {
+      batch.done = true;
+      select(id, true);
+      return;
+    }
+  }
+}
+
+/** One file; resolves to the new job's id, or "" when it was refused. */
+async function uploadOne(file) {
   const limit = state.status ? state.status.max_upload_bytes : Infinity;
   if (file.size > limit) {
     showError(`${file.name}: larger than the upload limit of ${mib(limit)} (covseg serve --max-upload-mb raises it)`);
-    return;
+    return "";
   }
   const id = `u${uploadCounter++}`;
   state.uploads.set(id, { name: file.name, loaded: 0, total: file.size });
   renderCases();
-  const xhr = new XMLHttpRequest();
-  xhr.open("POST", `/api/jobs?name=${encodeURIComponent(file.name)}`);
-  xhr.setRequestHeader("Content-Type", "application/octet-stream");
-  xhr.upload.addEventListener("progress", (e) => {
-    const entry = state.uploads.get(id);
-    if (entry && e.lengthComputable) {
-      entry.loaded = e.loaded;
-      renderCases();
-    }
+  const url = `/api/jobs?name=${encodeURIComponent(file.name)}`;
+  const { status, body } = await send(url, file, (loaded) => {
+    state.uploads.get(id).loaded = loaded;
+    renderCases();
   });
-  xhr.addEventListener("load", () => {
-    state.uploads.delete(id);
-    let body = {};
-    try {
-      body = JSON.parse(xhr.responseText || "{}");
-    } catch (_) {
-      body = {};
-    }
-    if (xhr.status === 202) {
-      state.selected = body.id;
-    } else {
-      showError(body.error || `${file.name}: the upload failed (HTTP ${xhr.status})`);
-    }
+  state.uploads.delete(id);
+  if (status !== 202) {
+    const why = status ? `the upload failed (HTTP ${status})` : "the upload failed (the server refused or the connection was lost)";
+    showError(body.error || `${file.name}: ${why}`);
     poll();
-  });
-  xhr.addEventListener("error", () => {
-    state.uploads.delete(id);
-    showError(`${file.name}: the upload failed (the server refused or the connection was lost)`);
-    poll();
-  });
-  xhr.send(file);
-}
-
-function uploadAll(files) {
-  for (const file of files) upload(file);
+    return "";
+  }
+  remember(mine, "covseg-mine", body.id);
+  state.jobs.push(body);
+  poll();
+  return body.id;
 }
 
 async function demo() {
   try {
     const response = await fetch("/api/demo", { method: "POST" });
     const body = await response.json();
-    if (response.status === 202) state.selected = body.id;
-    else showError(body.error || `demo: HTTP ${response.status}`);
+    if (response.status !== 202) throw new Error(body.error || `HTTP ${response.status}`);
+    remember(mine, "covseg-mine", body.id);
+    state.jobs.push(body);
+    state.epoch++;
+    select(body.id, true);
   } catch (err) {
-    showError(`demo: ${err}`);
+    showError(`demo: ${err.message || err}`);
   }
   poll();
 }
@@ -116,16 +135,63 @@ async function poll() {
     // The server is gone (stopped) or busy: keep the page, try again.
   }
   for (const job of state.jobs) {
-    if (job.state === "failed" && !state.failedSeen.has(job.id)) {
-      state.failedSeen.add(job.id);
+    if (job.state === "failed" && mine.has(job.id) && !alerted.has(job.id)) {
+      remember(alerted, "covseg-alerted", job.id);
       showError(job.error && job.error.startsWith(job.name) ? job.error : `${job.name}: ${job.error}`);
+      if (job.id === state.selected && state.auto) select(state.previous, false);
     }
   }
-  renderCases();
-  const selected = state.jobs.find((j) => j.id === state.selected);
-  if (selected && selected.state === "done" && state.shown !== selected.id) show(selected);
+  if (state.selected) {
+    const job = state.jobs.find((j) => j.id === state.selected);
+    if (job && job.state === "done" && !performance.getEntriesByName(`covseg:done:${job.id}`).length) {
+      performance.mark(`covseg:done:${job.id}`);
+    }
+  }
+  refresh();
   const busy = state.uploads.size || state.jobs.some((j) => j.state === "queued" || j.state === "running");
   pollTimer = setTimeout(poll, busy ? 500 : 2500);
+}
+
+/** Names as the list shows them: a second upload of the same name is "name (2)". */
+function labels() {
+  const seen = new Map();
+  const out = new Map();
+  for (const job of state.jobs) {
+    const n = (seen.get(job.name) || 0) + 1;
+    seen.set(job.name, n);
+    out.set(job.id, n > 1 ? `${job.name} (${n})` : job.name);
+  }
+  return out;
+}
+
+function select(id, auto) {
+  const current = state.jobs.find((j) => j.id === state.selected);
+  if (auto && current && current.state === "done") state.previous = current.id;
+  state.selected = id;
+  state.auto = auto;
+  refresh();
+}
+
+/** Make the list, the report and the viewer show the selected job. */
+function refresh() {
+  renderCases();
+  const job = state.jobs.find((j) => j.id === state.selected);
+  const label = job ? labels().get(job.id) : "";
+  if (!job) {
+    renderNothing();
+    if (state.shown) unload();
+    showMessage("No scan shown yet.", true);
+  } else if (job.state !== "done") {
+    renderPending(job, label);
+    if (state.shown) unload();
+    const what = job.state === "failed" ? `Failed: ${job.error}` : `${label}: ${job.state === "queued" ? "waiting" : job.stage}…`;
+    showMessage(what, false);
+  } else {
+    if (($("report").dataset.job || "") !== job.id || $("report-body").hidden) {
+      renderReport(job, label, (k) => viewer.setSlice("axial", k));
+    }
+    if (state.shown !== job.id) load(job, label);
+  }
 }
 
 function renderCases() {
@@ -136,18 +202,19 @@ function renderCases() {
     li.dataset.upload = id;
     list.append(li);
   }
+  const names = labels();
   for (const job of [...state.jobs].reverse()) {
     let detail = job.stage;
     if (job.state === "queued") detail = job.position ? `waiting (${job.position} in the queue)` : "waiting";
     if (job.state === "done") detail = job.report.lung_found ? `${fmt(job.report.infection_percent, 2)} % infected` : "no lung found";
     if (job.state === "failed") detail = job.error;
-    const li = item(job.name, job.state, detail);
+    const when = new Date(job.submitted * 1000).toLocaleTimeString([], { hour12: false });
+    const li = item(names.get(job.id), job.state, `${when} · ${detail || ""}`);
     li.dataset.job = job.id;
     if (job.id === state.selected) li.classList.add("selected");
     li.addEventListener("click", () => {
-      state.selected = job.id;
-      if (job.state === "done") show(job);
-      renderCases();
+      state.epoch++;
+      select(job.id, false);
     });
     list.append(li);
   }
@@ -166,6 +233,7 @@ function item(name, jobState, detail) {
   const title = document.createElement("span");
   title.className = "case-name";
   title.textContent = name;
+  title.title = name;
   const badge = document.createElement("span");
   badge.className = "badge";
   badge.textContent = jobState;
@@ -176,220 +244,200 @@ function item(name, jobState, detail) {
   return li;
 }
 
-// ---------------------------------------------------------------------------- report
-function fmt(value, digits) {
-  return value === null || value === undefined ? "–" : Number(value).toFixed(digits);
-}
-
-function field(report, path) {
-  return path.split(".").reduce((obj, key) => (obj == null ? null : obj[key]), report);
-}
-
-function renderReport(job) {
-  const report = job.report;
-  $("report-empty").hidden = true;
-  $("report-body").hidden = false;
-  $("report").dataset.job = job.id;
-  $("report-title").textContent = job.case;
-  for (const cell of $("burden").querySelectorAll("td[data-field]")) {
-    const path = cell.dataset.field;
-    const value = field(report, path);
-    cell.dataset.value = JSON.stringify(value);
-    if (path.endsWith("_percent")) cell.textContent = value === null ? "–" : `${fmt(value, 2)} %`;
-    else if (value !== null) cell.textContent = `${fmt(value, 1)} mL`;
-    else cell.textContent = `${field(report, path.replace("volume_ml", "voxels"))} px`;
-  }
-  const spacing = report.spacing_mm ? report.spacing_mm.map((v) => fmt(v, 2)).join(" × ") + " mm" : "pixel size unknown";
-  $("report-meta").textContent = `${report.shape.join(" × ")} voxels, ${spacing}; intensities ${report.intensity_rule}; threshold ${report.threshold}; model ${report.model_id.slice(0, 12)}; covseg ${report.covseg_version}`;
-  renderPlot(report);
-  const list = $("downloads");
-  list.replaceChildren();
-  for (const [key, label] of DOWNLOADS) {
-    const file = job.downloads[key];
-    if (!file) continue;
-    const li = document.createElement("li");
-    const a = document.createElement("a");
-    a.href = file.url;
-    a.download = file.filename;
-    a.dataset.download = key;
-    a.textContent = label;
-    const name = document.createElement("span");
-    name.className = "hint";
-    name.textContent = ` ${file.filename}`;
-    li.append(a, name);
-    list.append(li);
-  }
-}
-
-const SVG = "http://www.w3.org/2000/svg";
-function svg(tag, attrs) {
-  const el = document.createElementNS(SVG, tag);
-  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
-  return el;
-}
-
-function renderPlot(report) {
-  const plot = $("plot");
-  const areas = report.infection_area_per_slice;
-  const n = areas.length;
-  const W = 320;
-  const H = 150;
-  const pad = { l: 44, r: 8, t: 10, b: 22 };
-  const max = Math.max(...areas, 0);
-  const unit = report.area_unit === "mm2" ? "mm²" : "px";
-  plot.setAttribute("viewBox", `0 0 ${W} ${H}`);
-  plot.replaceChildren();
-  const bw = (W - pad.l - pad.r) / n;
-  const y = (a) => H - pad.b - (max > 0 ? (a / max) * (H - pad.t - pad.b) : 0);
-  plot.append(svg("line", { x1: pad.l, y1: H - pad.b, x2: W - pad.r, y2: H - pad.b, class: "axis" }));
-  plot.append(svg("line", { x1: pad.l, y1: pad.t, x2: pad.l, y2: H - pad.b, class: "axis" }));
-  const top = svg("text", { x: pad.l - 4, y: pad.t + 8, class: "tick", "text-anchor": "end" });
-  top.textContent = max >= 100 ? Math.round(max) : fmt(max, 1);
-  const zero = svg("text", { x: pad.l - 4, y: H - pad.b, class: "tick", "text-anchor": "end" });
-  zero.textContent = "0";
-  $("plot-unit").textContent = `(${unit} per slice)`;
-  const first = svg("text", { x: pad.l, y: H - 6, class: "tick" });
-  first.textContent = "1";
-  const last = svg("text", { x: W - pad.r, y: H - 6, class: "tick", "text-anchor": "end" });
-  last.textContent = String(n);
-  plot.append(top, zero, first, last);
-  areas.forEach((a, k) => {
-    const x = pad.l + k * bw;
-    const bar = svg("rect", { x: x + bw * 0.1, y: y(a), width: Math.max(bw * 0.8, 0.5), height: H - pad.b - y(a), class: "bar" });
-    // A full-height hit area per slice: the whole column is clickable.
-    const hit = svg("rect", { x, y: pad.t, width: bw, height: H - pad.t - pad.b, class: "hit", "data-slice": k });
-    const title = svg("title", {});
-    title.textContent = `slice ${k + 1} of ${n}: ${fmt(a, 1)} ${unit}`;
-    hit.append(title);
-    hit.addEventListener("click", () => jumpToSlice(k));
-    plot.append(bar, hit);
-  });
-  plot.append(svg("line", { id: "plot-marker", x1: 0, y1: pad.t, x2: 0, y2: H - pad.b, class: "marker", visibility: "hidden" }));
-  plot.dataset.slices = n;
-  plot.dataset.left = pad.l;
-  plot.dataset.width = W - pad.l - pad.r;
-}
-
 // ---------------------------------------------------------------------------- viewer
-async function setupViewer() {
-  try {
-    const NV = await import(VIEWER_MODULE);
-    const nv = new NV.Niivue({
-      isRadiologicalConvention: true, // chest CT: the patient's right on the screen's left
-      backColor: [0, 0, 0, 1],
-      crosshairColor: [0.3, 0.7, 1, 0.6],
-      crosshairWidth: 1,
-      dragAndDropEnabled: false, // the page takes the drops: they become uploads
-      isColorbar: false,
-      show3Dcrosshair: false,
-      logLevel: "warn",
-      loadingText: "", // the page says what is going on
-      multiplanarShowRender: NV.SHOW_RENDER.NEVER,
-    });
-    await nv.attachToCanvas($("gl"));
-    for (const [name, cmap] of Object.entries(COLORMAPS)) nv.addColormap(name, cmap);
-    nv.setSliceType(NV.SLICE_TYPE.AXIAL);
-    nv.onLocationChange = () => updateSliceInfo();
-    state.nv = nv;
-    state.NV = NV;
-    document.body.dataset.viewer = "ready";
-    const waiting = state.jobs.find((j) => j.id === state.shown);
-    if (waiting) show(waiting); // a case was chosen while the viewer was starting
-  } catch (err) {
-    document.body.dataset.viewer = "missing";
-    $("viewer-empty").replaceChildren();
-    const p = document.createElement("p");
-    p.textContent = `The image viewer could not start (${err.message || err}). Reports and downloads still work. Is NiiVue installed (make install)? Does this browser have WebGL 2?`;
-    $("viewer-empty").append(p);
-  }
+function showMessage(text, intro) {
+  $("viewer-message").textContent = text;
+  $("viewer-intro").hidden = !intro;
+  $("viewer-empty").hidden = false;
 }
 
-async function show(job) {
-  state.shown = job.id;
-  state.selected = job.id;
-  renderReport(job);
-  renderCases();
-  const nv = state.nv;
-  if (!nv) return;
+function unload() {
+  state.shown = null;
+  state.loadToken++;
+  $("viewer-loading").hidden = true;
+  viewer.clear();
   document.body.dataset.shown = "";
-  const ext = (url) => (url.endsWith(".gz") ? ".nii.gz" : ".nii");
+}
+
+/** Fetch a done job's arrays and show them; the page stays usable while they arrive. */
+async function load(job, label) {
+  const token = ++state.loadToken;
+  state.shown = job.id;
+  viewer.clear();
+  document.body.dataset.shown = "";
+  $("viewer-empty").hidden = true;
+  $("viewer-loading").hidden = false;
+  $("loading-text").textContent = `Loading ${label}…`;
+  syncToolbar();
+  const voxels = job.display.shape.reduce((a, b) => a * b, 1);
+  const total = voxels * (job.display.dtype === "int16" ? 3 : 5); // the scan and the labels
+  const got = { ct: 0, labels: 0 };
+  $("loading-bar").value = 0;
+  const progress = (key) => (received) => {
+    got[key] = received;
+    if (token === state.loadToken) $("loading-bar").value = (got.ct + got.labels) / total;
+  };
+  let volume;
   try {
-    await nv.loadVolumes([
-      { url: job.views.ct, name: `ct${ext(job.views.ct)}`, colormap: "gray" },
-      { url: job.views.lungs, name: `lungs${ext(job.views.lungs)}`, colormap: "covseg-lungs", cal_min: 0, cal_max: 1, opacity: 0.35 },
-      { url: job.views.infection, name: `infection${ext(job.views.infection)}`, colormap: "covseg-infection", cal_min: 0, cal_max: 1, opacity: 0.7 },
-    ]);
+    const [ct, labels] = await Promise.all([fetchBytes(job.display.ct, progress("ct")), fetchBytes(job.display.labels, progress("labels"))]);
+    if (token !== state.loadToken) return; // another case was chosen meanwhile
+    volume = new Volume(job.display, ct, labels, job.report.intensity_rule === "hu");
   } catch (err) {
-    showError(`${job.name}: the viewer could not load the volumes (${err.message || err})`);
+    if (token !== state.loadToken) return;
+    $("viewer-loading").hidden = true;
+    showMessage(`${label}: the viewer could not load the scan (${err.message || err})`, false);
     return;
   }
-  if (state.shown !== job.id) return; // another case was chosen meanwhile
-  $("viewer-empty").hidden = true;
-  const ct = nv.volumes[0];
-  state.fullRange = [ct.cal_min, ct.cal_max];
-  const hu = job.report.intensity_rule === "hu";
-  for (const option of $("window").options) option.disabled = !hu && option.value !== "full";
-  $("window").value = hu ? "lung" : "full";
-  applyWindow();
-  applyOverlays();
-  updateSliceInfo();
-  document.body.dataset.shown = job.id;
+  $("viewer-loading").hidden = true;
+  const hu = volume.hu;
+  for (const option of $("window").options) option.disabled = !hu && option.value !== "full" && option.value !== "custom";
+  viewer.show(volume, windowOf(hu ? "lung" : "full", volume));
+  viewer.addEventListener(
+    "render",
+    () => {
+      if (token !== state.loadToken) return;
+      performance.mark("covseg:image", { detail: { job: job.id } });
+      document.body.dataset.shown = job.id;
+    },
+    { once: true },
+  );
 }
 
-function applyWindow() {
-  const nv = state.nv;
-  if (!nv || !nv.volumes.length) return;
-  const preset = PRESETS[$("window").value];
-  const [lo, hi] = preset ? [preset[1] - preset[0] / 2, preset[1] + preset[0] / 2] : state.fullRange;
-  nv.volumes[0].cal_min = lo;
-  nv.volumes[0].cal_max = hi;
-  nv.updateGLVolume();
+function windowOf(preset, volume) {
+  if (PRESETS[preset]) return { width: PRESETS[preset][0], level: PRESETS[preset][1] };
+  const [lo, hi] = volume.range;
+  return { width: Math.max(hi - lo, 1), level: (lo + hi) / 2 };
 }
 
-function applyOverlays() {
-  const nv = state.nv;
-  if (!nv || nv.volumes.length < 3) return;
-  const opacity = (what) => ($(`show-${what}`).checked ? Number($(`opacity-${what}`).value) / 100 : 0);
-  nv.setOpacity(1, opacity("lungs"));
-  nv.setOpacity(2, opacity("infection"));
-}
-
-function sliceCount() {
-  const nv = state.nv;
-  return nv && nv.volumes.length ? nv.volumes[0].dimsRAS[3] : 0;
-}
-
-function currentSlice() {
-  const n = sliceCount();
-  return Math.min(n - 1, Math.max(0, Math.floor(state.nv.scene.crosshairPos[2] * n)));
-}
-
-// Canonical slice k (inferior -> superior, the report's order) is RAS slice k: the viewer and
-// covseg both take the voxel axis nearest to superior as the slice axis.
-function jumpToSlice(k) {
-  const nv = state.nv;
-  const n = sliceCount();
-  if (!nv || !n) return;
-  const [x, y] = nv.scene.crosshairPos;
-  nv.scene.crosshairPos = [x, y, (k + 0.5) / n];
-  nv.drawScene();
-  updateSliceInfo();
-}
-
-function updateSliceInfo() {
-  const n = sliceCount();
-  if (!n) return;
-  const k = currentSlice();
-  $("slice-info").textContent = `axial slice ${k + 1} of ${n}`;
-  $("slice-info").dataset.slice = k;
-  const marker = $("plot-marker");
-  const plot = $("plot");
-  if (marker && Number(plot.dataset.slices) === n) {
-    const x = Number(plot.dataset.left) + ((k + 0.5) * Number(plot.dataset.width)) / n;
-    marker.setAttribute("x1", x);
-    marker.setAttribute("x2", x);
-    marker.setAttribute("visibility", "visible");
+/** The toolbar and the read-outs show the viewer's state (called on each of its changes). */
+function syncToolbar() {
+  const volume = viewer.volume;
+  // The case shown or loading: a picture (one slice) has no coronal or sagittal view.
+  const job = state.jobs.find((j) => j.id === state.shown);
+  const single = job && job.display && job.display.shape[0] === 1;
+  for (const b of document.querySelectorAll("button.view")) {
+    b.classList.toggle("active", b.dataset.view === viewer.view);
+    b.setAttribute("aria-pressed", String(b.dataset.view === viewer.view));
+    b.disabled = single && b.dataset.view !== "AXIAL";
   }
+  for (const b of document.querySelectorAll("button.tool")) b.classList.toggle("active", b.dataset.tool === viewer.tool);
+  const n = viewer.count();
+  const k = volume ? viewer.slice() + 1 : 1;
+  $("slice-plane").textContent = TITLES[viewer.active];
+  for (const input of [$("slice-slider"), $("slice-number")]) {
+    input.max = Math.max(n, 1);
+    if (document.activeElement !== input || input.type === "range") input.value = k;
+    input.disabled = n < 2;
+  }
+  $("slice-count").textContent = `/ ${n || "–"}`;
+  const { width, level } = viewer.window;
+  if (document.activeElement !== $("ww")) $("ww").value = round(width);
+  if (document.activeElement !== $("wl")) $("wl").value = round(level);
+  const preset = Object.keys(PRESETS).find((p) => PRESETS[p][0] === width && PRESETS[p][1] === level);
+  const full = volume && width === windowOf("full", volume).width && level === windowOf("full", volume).level;
+  $("window").value = preset || (full ? "full" : "custom");
+  $("save-png").disabled = !volume;
+  $("clear-measurements").disabled = !viewer.measurements.length;
+  renderSliceInfo();
+  renderMeasurements();
+}
+
+function round(x) {
+  return Math.round(x * 10) / 10;
+}
+
+function renderSliceInfo() {
+  const info = $("slice-info");
+  const volume = viewer.volume;
+  if (!volume) {
+    info.textContent = "";
+    return;
+  }
+  const mm = volume.mm(viewer.pos);
+  const parts = [];
+  for (const [plane, axis] of [["axial", 2], ["coronal", 1], ["sagittal", 0]]) {
+    if (volume.count(plane) < 2 && plane !== "axial") continue;
+    const where = mm ? ` (${"xyz"[axis]} ${mm[axis].toFixed(1)} mm)` : "";
+    parts.push(`${TITLES[plane]} ${viewer.slice(plane) + 1} / ${viewer.count(plane)}${where}`);
+    info.dataset[plane] = viewer.slice(plane);
+  }
+  info.textContent = parts.join(" · ");
+  info.dataset.slice = viewer.slice("axial"); // the report's slice
+  markSlice(viewer.slice("axial"), volume.shape.n);
+}
+
+function renderMeasurements() {
+  const list = $("measurements");
+  list.replaceChildren();
+  viewer.measurements.forEach((m, i) => {
+    const li = document.createElement("li");
+    li.dataset.type = m.type;
+    li.dataset.value = m.value;
+    if (m.mean !== undefined && m.mean !== null) li.dataset.mean = m.mean;
+    li.textContent = `${m.type === "distance" ? "Distance" : "Area"} on ${m.plane} ${m.index + 1}: ${m.text}`;
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "close";
+    remove.textContent = "×";
+    remove.setAttribute("aria-label", "Remove the measurement");
+    remove.addEventListener("click", () => {
+      viewer.measurements.splice(i, 1);
+      viewer.changed();
+    });
+    li.append(remove);
+    list.append(li);
+  });
+}
+
+function renderProbe(detail) {
+  const probe = $("probe");
+  if (!detail) {
+    probe.textContent = "";
+    delete probe.dataset.value;
+    return;
+  }
+  const { voxel, value, label, mm } = detail;
+  const volume = viewer.volume;
+  const shown = volume.integer ? String(value) : value.toFixed(1);
+  const what = label & 2 ? ", infection" : label & 1 ? ", lung" : "";
+  const where = mm ? ` · (${mm.map((v) => v.toFixed(1)).join(", ")}) mm` : "";
+  probe.textContent = `${shown}${volume.hu ? " HU" : ""}${what} · slice ${voxel.k + 1}, row ${voxel.h + 1}, column ${voxel.w + 1}${where}`;
+  Object.assign(probe.dataset, { value, k: voxel.k, h: voxel.h, w: voxel.w, label });
+}
+
+async function savePNG() {
+  const job = state.jobs.find((j) => j.id === state.shown);
+  const blob = await viewer.toPNG();
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  const plane = viewer.view === "ALL" ? "all" : viewer.active;
+  a.download = `${job ? job.case : "view"}_${plane}_${viewer.slice() + 1}.png`;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
+}
+
+// ------------------------------------------------------------------------------ keys
+/** Our keys, taken before anything else sees them; fields keep their own keys. */
+function onKey(e) {
+  const t = e.target;
+  const field = t instanceof HTMLElement && t.matches("input:not([type=checkbox]), select, textarea");
+  if (field || e.ctrlKey || e.metaKey || e.altKey || !viewer.volume) return;
+  const n = viewer.count();
+  const steps = { ArrowUp: 1, ArrowRight: 1, ArrowDown: -1, ArrowLeft: -1, PageUp: PAGE, PageDown: -PAGE };
+  if (e.key in steps) viewer.step(steps[e.key]);
+  else if (e.key === "Home") viewer.setSlice(viewer.active, 0);
+  else if (e.key === "End") viewer.setSlice(viewer.active, n - 1);
+  else if (e.key === "v" || e.key === "V") nextView();
+  else return;
+  e.preventDefault();
+  e.stopPropagation();
+}
+
+function nextView() {
+  const usable = VIEW_ORDER.filter((v) => !document.querySelector(`button.view[data-view='${v}']`).disabled);
+  viewer.setView(usable[(usable.indexOf(viewer.view) + 1) % usable.length]);
 }
 
 // ----------------------------------------------------------------------------- setup
@@ -405,23 +453,14 @@ async function loadStatus() {
     $("exposed").hidden = status.private;
     const model = $("model-status");
     model.dataset.state = status.model.state;
-    model.textContent = {
-      loading: "model loading…",
-      ready: "model ready",
-      failed: `model failed: ${status.model.error}`,
-    }[status.model.state];
+    model.textContent = { loading: "model loading…", ready: "model ready", failed: `model failed: ${status.model.error}` }[status.model.state];
     if (status.model.state === "loading") setTimeout(loadStatus, 1000);
   } catch (_) {
     setTimeout(loadStatus, 2000);
   }
 }
 
-function setupControls() {
-  $("file-input").addEventListener("change", (e) => {
-    uploadAll([...e.target.files]);
-    e.target.value = "";
-  });
-  $("demo").addEventListener("click", demo);
+function setupDrop() {
   const drop = document.body;
   drop.addEventListener("dragover", (e) => {
     e.preventDefault();
@@ -434,26 +473,45 @@ function setupControls() {
     e.preventDefault();
     $("drop").classList.remove("over");
     const items = [...(e.dataTransfer.items || [])];
-    const folders = new Set(
-      items.map((i) => i.webkitGetAsEntry && i.webkitGetAsEntry()).filter((en) => en && en.isDirectory).map((en) => en.name),
-    );
+    const folders = new Set(items.map((i) => i.webkitGetAsEntry && i.webkitGetAsEntry()).filter((en) => en && en.isDirectory).map((en) => en.name));
     for (const name of folders) showError(`${name}: a folder; zip the DICOM series folder and drop the .zip`);
     uploadAll([...e.dataTransfer.files].filter((f) => !folders.has(f.name)));
   });
-  for (const button of document.querySelectorAll("button.view")) {
-    button.addEventListener("click", () => {
-      if (!state.nv) return;
-      state.nv.setSliceType(state.NV.SLICE_TYPE[button.dataset.view]);
-      for (const b of document.querySelectorAll("button.view")) b.classList.toggle("active", b === button);
-    });
-  }
-  $("window").addEventListener("change", applyWindow);
-  for (const id of ["show-lungs", "show-infection", "opacity-lungs", "opacity-infection"]) {
-    $(id).addEventListener("input", applyOverlays);
-  }
+}
+
+function setupControls() {
+  $("file-input").addEventListener("change", (e) => {
+    uploadAll([...e.target.files]);
+    e.target.value = "";
+  });
+  $("demo").addEventListener("click", demo);
+  setupDrop();
+  for (const b of document.querySelectorAll("button.view")) b.addEventListener("click", () => viewer.setView(b.dataset.view));
+  for (const b of document.querySelectorAll("button.tool")) b.addEventListener("click", () => viewer.setTool(b.dataset.tool));
+  $("slice-slider").addEventListener("input", (e) => viewer.setSlice(viewer.active, Number(e.target.value) - 1));
+  $("slice-number").addEventListener("change", (e) => viewer.setSlice(viewer.active, Number(e.target.value) - 1));
+  $("window").addEventListener("change", (e) => {
+    if (viewer.volume && e.target.value !== "custom") {
+      const { width, level } = windowOf(e.target.value, viewer.volume);
+      viewer.setWindow(width, level);
+    }
+  });
+  for (const id of ["ww", "wl"]) $(id).addEventListener("change", () => viewer.setWindow(Number($("ww").value), Number($("wl").value)));
+  const overlays = () => {
+    for (const what of ["lungs", "infection"]) {
+      viewer.setOpacity(what, $(`show-${what}`).checked ? Number($(`opacity-${what}`).value) / 100 : 0);
+    }
+  };
+  for (const id of ["show-lungs", "show-infection", "opacity-lungs", "opacity-infection"]) $(id).addEventListener("input", overlays);
+  $("clear-measurements").addEventListener("click", () => viewer.clearMeasurements());
+  $("save-png").addEventListener("click", savePNG);
+  window.addEventListener("keydown", onKey, true);
+  viewer.addEventListener("change", syncToolbar);
+  viewer.addEventListener("probe", (e) => renderProbe(e.detail));
+  syncToolbar();
+  document.body.dataset.viewer = "ready";
 }
 
 setupControls();
 loadStatus();
 poll();
-setupViewer();

@@ -1,0 +1,77 @@
+"""``covseg prepare`` and ``covseg synth``: dataset folders in, training slices or phantoms out."""
+
+from __future__ import annotations
+
+import argparse
+
+from covseg.cli.common import Runner, comma_list
+from covseg.config import INTENSITY_RULES
+
+
+# ------------------------------------------------------------------------- prepare
+def add_prepare(sub: argparse._SubParsersAction) -> Runner:
+    p = sub.add_parser("prepare", help="convert a dataset folder into resized training slices")
+    p.add_argument("src", help="dataset folder")
+    p.add_argument("out", help="output folder (built under a temporary name, then renamed)")
+    p.add_argument(
+        "--layout", choices=["auto", "zenodo20", "slices", "medseg", "nnunet"], default="auto"
+    )
+    p.add_argument("--size", type=int, default=256, help="side of the square slices (256)")
+    p.add_argument("--intensity", choices=["auto", *INTENSITY_RULES], default="auto")
+    p.add_argument("--include-effusion", action="store_true", help="medseg: effusion = infection")
+    p.add_argument("--lung-labels", type=comma_list, help="nnunet: lung labels, e.g. lung,1")
+    p.add_argument("--infection-labels", type=comma_list, help="nnunet: infection labels, e.g. 2,3")
+    p.add_argument("--masks-dir", default="masks", help="slices: mask folder name (masks)")
+    p.add_argument("--group", help="slices: regex whose first group is the patient id")
+    p.add_argument("--pseudo", action="store_true", help="slices: soft 0-255 model masks")
+    p.add_argument(
+        "--rotate",
+        type=int,
+        default=0,
+        help="rotate slices by K x 90 degrees counter-clockwise (zenodo20-pseudo JPGs: 1)",
+    )
+    p.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    return _run_prepare
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from covseg.data.layouts import NNUNET_INFECTION_LABELS, NNUNET_LUNG_LABELS
+    from covseg.data.prepare import prepare
+
+    prepare(
+        args.src,
+        args.out,
+        layout=args.layout,
+        size=args.size,
+        intensity=args.intensity,
+        include_effusion=args.include_effusion,
+        lung_labels=args.lung_labels or NNUNET_LUNG_LABELS,
+        infection_labels=args.infection_labels or NNUNET_INFECTION_LABELS,
+        masks_dir=args.masks_dir,
+        group=args.group,
+        pseudo=args.pseudo,
+        rotate=args.rotate,
+        force=args.force,
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- synth
+def add_synth(sub: argparse._SubParsersAction) -> Runner:
+    p = sub.add_parser("synth", help="write synthetic CT phantoms in a dataset layout")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--layout", choices=["zenodo20", "slices"], default="zenodo20")
+    p.add_argument("--cases", type=int, default=6, help="number of phantoms (6)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slices", type=int, default=16, help="slices per phantom (16)")
+    p.add_argument("--size", type=int, default=128, help="in-plane side (128)")
+    return _run_synth
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from covseg.data.synthetic import write_synthetic_dataset
+
+    write_synthetic_dataset(
+        args.out, args.layout, args.cases, args.seed, slices=args.slices, size=args.size
+    )
+    return 0

@@ -1,0 +1,43 @@
+"""``covseg serve``: the local web viewer."""
+
+from __future__ import annotations
+
+import argparse
+
+from covseg.cli.common import Runner
+from covseg.config import DEVICES
+from covseg.errors import CovsegError
+
+
+# --------------------------------------------------------------------------- serve
+def add_serve(sub: argparse._SubParsersAction) -> Runner:
+    p = sub.add_parser("serve", help="local web viewer: upload scans, see masks and reports")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine)")
+    p.add_argument("--port", type=int, default=8765, help="port (8765; 0 = any free port)")
+    p.add_argument("--checkpoint", default="pretrained", help="CKPT.safetensors or 'pretrained'")
+    p.add_argument("--data-dir", help="keep uploads and results here (default: a temporary folder)")
+    p.add_argument("--max-upload-mb", type=int, default=2048, help="largest upload (2048 MiB)")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    return _run_serve
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    if args.max_upload_mb < 1:
+        raise CovsegError(f"--max-upload-mb must be at least 1, got {args.max_upload_mb}")
+    try:
+        from covseg.serve import ServeConfig, serve
+    except ImportError as err:
+        raise CovsegError(
+            f"serve needs its web packages ({err}): pip install 'covseg[serve]'"
+        ) from None
+    serve(
+        ServeConfig(
+            host=args.host,
+            port=args.port,
+            checkpoint=args.checkpoint,
+            data_dir=args.data_dir,
+            max_upload_bytes=args.max_upload_mb << 20,
+            device=args.device,
+        )
+    )
+    return 0
