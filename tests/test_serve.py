@@ -163,7 +163,7 @@ def test_bad_uploads_say_why_keep_nothing_and_the_server_goes_on(api, tmp_path, 
     r = _upload(client, "notes.png", b"just text, not a picture at all" * 20)
     assert r.status_code == 415 and "notes.png" in r.json()["error"]
     r = _upload(client, "one.dcm", b"\0" * 128 + b"DICM" + b"\0" * 400)
-    assert "zip the folder of the whole series" in r.json()["error"]
+    assert "drop the folder of the whole series (or a zip of it)" in r.json()["error"]
     r = _upload(client, "empty.nii", b"")
     assert r.status_code == 400 and "empty upload" in r.json()["error"]
     # A NIfTI cut short passes the content check and fails in the worker, with one line
@@ -265,6 +265,66 @@ def test_zipped_dicom_series_gives_segments_masks(api, checkpoint, tmp_path):
     file_voxel = [canonical_view(g, image)[2, 5, 7] for g in grids]  # slice 2, row 5, column 7
     world = image.affine @ [*file_voxel, 1]
     assert np.allclose(np.asarray(job["display"]["affine"]) @ [7, 5, 2, 1], world)
+
+
+def _send_series(client, name: str, files: list[tuple[str, bytes]], announced: int | None = None):
+    """Open a series, send its files; ``(series id, the last answer)``."""
+    r = client.post("/api/series", params={"name": name, "files": announced or len(files)})
+    if r.status_code != 201:
+        return None, r
+    series_id = r.json()["id"]
+    for entry, data in files:
+        r = client.post(
+            f"/api/series/{series_id}/files", params={"name": entry}, content=data, headers=OCTET
+        )
+        if r.status_code != 200:
+            break
+    return series_id, r
+
+
+def test_dicom_series_sent_file_by_file_gives_segments_masks(api, checkpoint, tmp_path):
+    client, _ = api
+    hu = make_phantom(4, (48, 40, 6))[0]
+    series = write_dicom_series(tmp_path / "series", hu_to_stored(hu), [2.5 * k for k in range(6)])
+    cli = _segment([series], tmp_path / "cli", checkpoint)
+    files = [(f"series/{p.name}", p.read_bytes()) for p in sorted(series.iterdir())]
+    series_id, r = _send_series(client, "series", files)
+    assert r.status_code == 200 and r.json() == {"received": len(files)}
+    r = client.post(f"/api/series/{series_id}/done")
+    assert r.status_code == 202 and r.json()["id"] == series_id
+    job = _finished(client, series_id)
+    assert job["state"] == "done", job["error"]
+    assert job["report"] == {**_report(cli, "series"), "input": "series"}
+    for key in ("lungs", "infection"):
+        assert _download(client, job, key) == (cli / f"series_{key}.nii.gz").read_bytes()
+
+
+def test_a_series_sent_file_by_file_keeps_the_zips_limits(api, tmp_path):
+    client, root = api
+    before = set(root.iterdir())
+    small = [(f"s/{k}.dcm", b"x" * 100) for k in range(3)]
+    for announced, message in [
+        (0, "the folder holds no files"),
+        (41, "the folder holds 41 files, more than 40"),
+    ]:
+        r = client.post("/api/series", params={"name": "s", "files": announced})
+        assert r.status_code == 400 and r.json()["error"] == f"s: {message}"
+    refusals = [
+        ([("s/big.dcm", b"\0" * (LIMIT + 1))], None, 413, "s: s/big.dcm: larger than the upload"),
+        ([(f"s/{k}.dcm", b"\0" * (LIMIT - 1)) for k in range(5)], None, 413, "add up to more"),
+        (small, 2, 400, "more files than the 2 announced"),
+    ]
+    for files, announced, status, message in refusals:
+        series_id, r = _send_series(client, "s", files, announced)
+        assert r.status_code == status and message in r.json()["error"], r.json()
+        # The whole series is dropped: its next file finds nothing.
+        r = client.post(f"/api/series/{series_id}/files", content=b"x", headers=OCTET)
+        assert r.status_code == 404
+    series_id, r = _send_series(client, "s", small, 4)
+    r = client.post(f"/api/series/{series_id}/done")
+    assert r.status_code == 400 and r.json()["error"] == "s: 3 of the 4 files arrived"
+    assert client.post(f"/api/series/{series_id}/done").status_code == 404
+    assert set(root.iterdir()) == before  # nothing kept
 
 
 def test_picture_upload_gives_png_masks_and_one_slice_views(api, checkpoint, tmp_path):
@@ -601,7 +661,7 @@ def test_browser_corrupt_upload_shows_the_error_and_a_valid_one_still_works(page
     page.dispatch_event("#drop", "drop", {"dataTransfer": files})
     job = shown_job(page, served)
     assert job["case"] == "good" and job["state"] == "done"
-    assert page.inner_text("#report-title") == "good"
+    assert page.inner_text("#report-title") == "good.nii.gz"  # as uploaded
 
 
 def test_browser_first_view_works_without_a_scan_and_the_demo_button(page, served):

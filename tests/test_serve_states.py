@@ -150,3 +150,74 @@ def test_browser_a_picture_has_no_plot_along_the_scan_and_no_other_planes(page, 
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     text = page.inner_text("#probe")
     assert "HU" not in text and "mm" not in text and text.split(",")[0].isdigit()
+
+
+#: JS: drop a folder tree ``[[path, base64], ...]`` on the page as a browser hands a dropped
+#: folder over (a directory entry whose reader answers in batches of two).
+_DROP_FOLDER = """([name, files]) => {
+    const folder = (name) => ({ name, isFile: false, isDirectory: true, children: [] });
+    const root = folder(name);
+    for (const [path, b64] of files) {
+        const parts = path.split("/");
+        let at = root;
+        for (const part of parts.slice(0, -1)) {
+            let sub = at.children.find((c) => c.name === part);
+            if (!sub) at.children.push((sub = folder(part)));
+            at = sub;
+        }
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const file = new File([bytes], parts[parts.length - 1]);
+        at.children.push({ name: file.name, isFile: true, isDirectory: false, file: (ok) => ok(file) });
+    }
+    const withReaders = (entry) => {
+        if (entry.isFile) return entry;
+        const children = entry.children.map(withReaders);
+        entry.createReader = () => {
+            let next = 0;
+            return { readEntries: (ok) => ok(children.slice(next, (next += 2))) };
+        };
+        return entry;
+    };
+    const item = { kind: "file", webkitGetAsEntry: () => withReaders(root), getAsFile: () => null };
+    const drop = new Event("drop", { bubbles: true, cancelable: true });
+    Object.defineProperty(drop, "dataTransfer", { value: { items: [item], files: [] } });
+    document.getElementById("drop").dispatchEvent(drop);
+}"""
+
+
+def test_browser_a_dicom_folder_dropped_or_chosen_is_segmented_as_its_series(
+    page, served, checkpoint, tmp_path
+):
+    import base64
+    import json
+
+    from _dicom import hu_to_stored, write_dicom_series
+    from covseg.cli import main
+
+    hu = make_phantom(5, (48, 40, 6))[0]
+    series = write_dicom_series(
+        tmp_path / "ct_series", hu_to_stored(hu), [2.5 * k for k in range(6)]
+    )
+    out = tmp_path / "cli"
+    assert main(["segment", str(series), "--out", str(out), "--checkpoint", str(checkpoint)]) == 0
+    expected = json.loads((out / "ct_series_report.json").read_text())
+    # Dropped: nested folders and operating-system litter, as a file manager hands them over.
+    (series / "part2").mkdir()
+    for path in sorted(series.glob("*.dcm"))[3:]:
+        path.rename(series / "part2" / path.name)
+    (series / ".DS_Store").write_bytes(b"junk")
+    files = [
+        (str(p.relative_to(series)), base64.b64encode(p.read_bytes()).decode())
+        for p in sorted(series.rglob("*"))
+        if p.is_file()
+    ]
+    page.evaluate(_DROP_FOLDER, ["ct_series", files])
+    job = shown_job(page, served)
+    assert job["name"] == "ct_series" and job["case"] == "ct_series"
+    assert job["report"] == {**expected, "input": "ct_series"}
+    assert page.inner_text("#report-title") == "ct_series"
+    # Chosen with "Choose a folder…": the same series again.
+    page.set_input_files("#folder-input", str(series))
+    page.wait_for_selector(f"{SHOWN}:not([data-shown='{job['id']}'])", timeout=120_000)
+    again = shown_job(page, served)
+    assert again["report"] == job["report"] and page.inner_text("#report-title") == "ct_series (2)"

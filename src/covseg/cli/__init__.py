@@ -8,8 +8,8 @@ argparse (stdlib) rather than typer/click: no extra dependency, and full control
 error + exit-code contract.
 
 The commands are grouped by job, one module each: ``demo`` (model-info, demo), ``data`` (prepare,
-synth), ``train`` (train, cv, report, ensemble), ``segment`` (evaluate, segment, export-onnx) and
-``serve``; this module assembles the parser and runs a command under the error contract.
+synth), ``train`` (train, cv, report, ensemble), ``calibrate``, ``segment`` (evaluate, segment,
+export-onnx) and ``serve``; this module assembles the parser and runs a command under the error contract.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ Routes (all JSON but the page, the files and the CSV):
 ``GET /api/jobs``                        every job since the server started
 ``POST /api/jobs?name=N``                an upload -> a queued job (202), or ``{"error"}``
 ``POST /api/demo``                       the demo phantom -> a queued job (202)
+``POST /api/series...``                  a DICOM series sent file by file
+                                         (:mod:`covseg.serve.series`)
 ``GET /api/jobs/{id}``                   one job (state, stage, report, URLs)
 ``GET /api/jobs/{id}/view/{file}``       ``ct.raw``/``labels.raw``: the viewer's arrays
                                          (:mod:`covseg.serve.display`)
@@ -52,13 +54,16 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from covseg._version import __version__
-from covseg.errors import CovsegError, DataError
+from covseg.errors import CovsegError
 from covseg.serve.config import ServeConfig, is_loopback
 from covseg.serve.jobs import DEMO_NAME, VIEW_FILES, Job, JobQueue
+from covseg.serve.series import ROUTES as SERIES_ROUTES
+from covseg.serve.series import SeriesUploads
 from covseg.serve.summary import summary_csv
 from covseg.serve.uploads import (
     INPUT_NAMES,
     UploadError,
+    case_for,
     display_name,
     extract_dicom_zip,
     receive,
@@ -90,6 +95,7 @@ def create_app(config: ServeConfig, root: Path) -> Starlette:
     """The app, its jobs kept under ``root`` (which must exist); the worker runs while the app's
     lifespan does (uvicorn's, or a ``TestClient`` used as a context manager)."""
     jobs = JobQueue(config, root)
+    series = SeriesUploads(jobs)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -97,6 +103,7 @@ def create_app(config: ServeConfig, root: Path) -> Starlette:
         try:
             yield
         finally:
+            series.drop_all()
             await run_in_threadpool(jobs.stop)
 
     routes = [
@@ -110,9 +117,11 @@ def create_app(config: ServeConfig, root: Path) -> Starlette:
         Route("/api/jobs/{job_id}/view/{name}", _view, methods=["GET"]),
         Route("/api/jobs/{job_id}/download/{key}", _download, methods=["GET"]),
         Route("/api/summary.csv", _summary, methods=["GET"]),
+        *SERIES_ROUTES,
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.jobs = jobs
+    app.state.series = series
     app.state.config = config
     app.add_middleware(_Guard, private=config.private)
     return app
@@ -184,13 +193,8 @@ async def _upload(request: Request) -> Response:
 def _accept(jobs: JobQueue, job_id: str, folder: Path, given: str, raw: Path) -> Job:
     """Type the stored upload by its content, extract a zipped series, queue the job (its
     case named from the name ``given`` for the upload, as ``segment`` names cases)."""
-    from covseg.inference.outputs import MAX_CASE_BYTES, case_name
-
     kind = sniff(raw)
-    try:
-        case = case_name(given[:-4] if given.lower().endswith(".zip") else given)
-    except DataError:
-        raise UploadError(f"a name longer than {MAX_CASE_BYTES} bytes (rename the file)") from None
+    case = case_for(given)
     entries: dict[Path, str] = {}
     if kind == "zip":
         source = folder / "dicom"

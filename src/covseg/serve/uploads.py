@@ -25,6 +25,7 @@ from covseg.errors import DataError
 __all__ = [
     "INPUT_NAMES",
     "UploadError",
+    "case_for",
     "display_name",
     "extract_dicom_zip",
     "receive",
@@ -59,6 +60,21 @@ def display_name(name: str) -> str:
     :data:`_SHOWN_CHARS` characters."""
     shown = "".join(c if c.isprintable() else "?" for c in name) or "(no name)"
     return shown if len(shown) <= _SHOWN_CHARS else shown[: _SHOWN_CHARS - 1] + "…"
+
+
+def case_for(given: str) -> str:
+    """The case name (output prefix) of an upload named ``given``, as ``segment`` names its
+    cases (a ``.zip`` suffix dropped as well).
+
+    Raises:
+        UploadError: a name too long for a case name.
+    """
+    from covseg.inference.outputs import MAX_CASE_BYTES, case_name
+
+    try:
+        return case_name(given[:-4] if given.lower().endswith(".zip") else given)
+    except DataError:
+        raise UploadError(f"a name longer than {MAX_CASE_BYTES} bytes (rename the file)") from None
 
 
 async def receive(chunks: AsyncIterator[bytes], dest: Path, limit: int) -> int:
@@ -131,7 +147,7 @@ def sniff(path: Path) -> str:
         return "nifti"
     if len(head) >= 132 and head[128:132] == b"DICM":
         raise UploadError(
-            "a single DICOM file; zip the folder of the whole series and upload the zip",
+            "a single DICOM file; drop the folder of the whole series (or a zip of it)",
             status=415,
         )
     raise UploadError(

@@ -4,16 +4,12 @@
 // One rule keeps the page consistent: the highlighted case is the one the viewer and the report
 // show (its images, its progress, or why it failed), and the toolbar shows the viewer's state.
 
-import { fmt, markSlice, renderNothing, renderPending, renderReport } from "./report.js";
+import { setupToolbar, windowOf } from "./controls.js";
+import { byFolder, filesIn, SCAN_FILE, sendSeries } from "./folders.js";
+import { fmt, renderNothing, renderPending, renderReport } from "./report.js";
 import { fetchBytes, send } from "./uploads.js";
-import { LAYOUTS, Viewer } from "./viewer.js";
+import { Viewer } from "./viewer.js";
 import { Volume } from "./volume.js";
-
-// Window presets (width, level) in HU.
-const PRESETS = { lung: [1500, -600], mediastinum: [350, 40], bone: [2000, 400] };
-const VIEW_ORDER = Object.keys(LAYOUTS);
-const PAGE = 10; // slices per Page Up / Page Down
-const TITLES = { axial: "Axial", coronal: "Coronal", sagittal: "Sagittal" };
 
 const $ = (id) => document.getElementById(id);
 const viewer = new Viewer($("viewer"));
@@ -33,6 +29,7 @@ const state = {
 const alerted = new Set(JSON.parse(sessionStorage.getItem("covseg-alerted") || "[]"));
 const mine = new Set(JSON.parse(sessionStorage.getItem("covseg-mine") || "[]"));
 let uploadCounter = 0;
+let syncToolbar = () => {}; // the toolbar follows the viewer (controls.js)
 
 function remember(set, key, id) {
   set.add(id);
@@ -57,16 +54,58 @@ function showError(message) {
 }
 
 // --------------------------------------------------------------------------- uploads
-/** Upload files; the first of them the server accepts (in the order given) is selected. */
-function uploadAll(files) {
-  const batch = { epoch: state.epoch, results: files.map(() => null), done: false };
-  files.forEach((file, i) => {
-    performance.mark("covseg:upload", { detail: { name: file.name } });
-    uploadOne(file).then((id) => {
+/**
+ * Upload files and folders ({name, files: Promise<[{file, path}]>}); the first of them the
+ * server accepts, in the order given (not the order of the answers), is selected.
+ */
+function uploadAll(sources) {
+  const batch = { epoch: state.epoch, results: sources.map(() => null), done: false };
+  sources.forEach((source, i) => {
+    performance.mark("covseg:upload", { detail: { name: source.name } });
+    const sent = source instanceof File ? uploadOne(source) : uploadFolder(source.name, source.files);
+    sent.then((id) => {
       batch.results[i] = id || "";
       settle(batch);
     });
   });
+}
+
+/** A folder: a DICOM series sent file by file, or, if it holds only scan files, those. */
+async function uploadFolder(name, listing) {
+  const id = `u${uploadCounter++}`;
+  const up = { name: `${name}/`, loaded: 0, total: 0, files: true };
+  state.uploads.set(id, up);
+  renderCases();
+  const fail = (message) => {
+    state.uploads.delete(id);
+    showError(message);
+    poll();
+    return "";
+  };
+  let files;
+  try {
+    files = await listing;
+  } catch (err) {
+    return fail(`${name}: the folder could not be read (${err.message || err})`);
+  }
+  if (!files.length) return fail(`${name}: the folder holds no files`);
+  if (files.every((f) => SCAN_FILE.test(f.file.name))) {
+    state.uploads.delete(id);
+    const ids = await Promise.all(files.map((f) => uploadOne(f.file)));
+    return ids.find(Boolean) || "";
+  }
+  up.total = files.length;
+  renderCases();
+  const { job, error } = await sendSeries(name, files, (sent) => {
+    up.loaded = sent;
+    renderCases();
+  });
+  if (error) return fail(error);
+  state.uploads.delete(id);
+  remember(mine, "covseg-mine", job.id);
+  state.jobs.push(job);
+  poll();
+  return job.id;
 }
 
 function settle(batch) {
@@ -198,7 +237,9 @@ function renderCases() {
   const list = $("cases");
   list.replaceChildren();
   for (const [id, up] of state.uploads) {
-    const li = item(up.name, "uploading", `uploading ${Math.round((100 * up.loaded) / Math.max(up.total, 1))} %`);
+    let detail = `uploading ${Math.round((100 * up.loaded) / Math.max(up.total, 1))} %`;
+    if (up.files) detail = up.total ? `uploading ${up.loaded} of ${up.total} files` : "reading the folder…";
+    const li = item(up.name, "uploading", detail);
     li.dataset.upload = id;
     list.append(li);
   }
@@ -303,143 +344,6 @@ async function load(job, label) {
   );
 }
 
-function windowOf(preset, volume) {
-  if (PRESETS[preset]) return { width: PRESETS[preset][0], level: PRESETS[preset][1] };
-  const [lo, hi] = volume.range;
-  return { width: Math.max(hi - lo, 1), level: (lo + hi) / 2 };
-}
-
-/** The toolbar and the read-outs show the viewer's state (called on each of its changes). */
-function syncToolbar() {
-  const volume = viewer.volume;
-  // The case shown or loading: a picture (one slice) has no coronal or sagittal view.
-  const job = state.jobs.find((j) => j.id === state.shown);
-  const single = job && job.display && job.display.shape[0] === 1;
-  for (const b of document.querySelectorAll("button.view")) {
-    b.classList.toggle("active", b.dataset.view === viewer.view);
-    b.setAttribute("aria-pressed", String(b.dataset.view === viewer.view));
-    b.disabled = single && b.dataset.view !== "AXIAL";
-  }
-  for (const b of document.querySelectorAll("button.tool")) b.classList.toggle("active", b.dataset.tool === viewer.tool);
-  const n = viewer.count();
-  const k = volume ? viewer.slice() + 1 : 1;
-  $("slice-plane").textContent = TITLES[viewer.active];
-  for (const input of [$("slice-slider"), $("slice-number")]) {
-    input.max = Math.max(n, 1);
-    if (document.activeElement !== input || input.type === "range") input.value = k;
-    input.disabled = n < 2;
-  }
-  $("slice-count").textContent = `/ ${n || "–"}`;
-  const { width, level } = viewer.window;
-  if (document.activeElement !== $("ww")) $("ww").value = round(width);
-  if (document.activeElement !== $("wl")) $("wl").value = round(level);
-  const preset = Object.keys(PRESETS).find((p) => PRESETS[p][0] === width && PRESETS[p][1] === level);
-  const full = volume && width === windowOf("full", volume).width && level === windowOf("full", volume).level;
-  $("window").value = preset || (full ? "full" : "custom");
-  $("save-png").disabled = !volume;
-  $("clear-measurements").disabled = !viewer.measurements.length;
-  renderSliceInfo();
-  renderMeasurements();
-}
-
-function round(x) {
-  return Math.round(x * 10) / 10;
-}
-
-function renderSliceInfo() {
-  const info = $("slice-info");
-  const volume = viewer.volume;
-  if (!volume) {
-    info.textContent = "";
-    return;
-  }
-  const mm = volume.mm(viewer.pos);
-  const parts = [];
-  for (const [plane, axis] of [["axial", 2], ["coronal", 1], ["sagittal", 0]]) {
-    if (volume.count(plane) < 2 && plane !== "axial") continue;
-    const where = mm ? ` (${"xyz"[axis]} ${mm[axis].toFixed(1)} mm)` : "";
-    parts.push(`${TITLES[plane]} ${viewer.slice(plane) + 1} / ${viewer.count(plane)}${where}`);
-    info.dataset[plane] = viewer.slice(plane);
-  }
-  info.textContent = parts.join(" · ");
-  info.dataset.slice = viewer.slice("axial"); // the report's slice
-  markSlice(viewer.slice("axial"), volume.shape.n);
-}
-
-function renderMeasurements() {
-  const list = $("measurements");
-  list.replaceChildren();
-  viewer.measurements.forEach((m, i) => {
-    const li = document.createElement("li");
-    li.dataset.type = m.type;
-    li.dataset.value = m.value;
-    if (m.mean !== undefined && m.mean !== null) li.dataset.mean = m.mean;
-    li.textContent = `${m.type === "distance" ? "Distance" : "Area"} on ${m.plane} ${m.index + 1}: ${m.text}`;
-    const remove = document.createElement("button");
-    remove.type = "button";
-    remove.className = "close";
-    remove.textContent = "×";
-    remove.setAttribute("aria-label", "Remove the measurement");
-    remove.addEventListener("click", () => {
-      viewer.measurements.splice(i, 1);
-      viewer.changed();
-    });
-    li.append(remove);
-    list.append(li);
-  });
-}
-
-function renderProbe(detail) {
-  const probe = $("probe");
-  if (!detail) {
-    probe.textContent = "";
-    delete probe.dataset.value;
-    return;
-  }
-  const { voxel, value, label, mm } = detail;
-  const volume = viewer.volume;
-  const shown = volume.integer ? String(value) : value.toFixed(1);
-  const what = label & 2 ? ", infection" : label & 1 ? ", lung" : "";
-  const where = mm ? ` · (${mm.map((v) => v.toFixed(1)).join(", ")}) mm` : "";
-  probe.textContent = `${shown}${volume.hu ? " HU" : ""}${what} · slice ${voxel.k + 1}, row ${voxel.h + 1}, column ${voxel.w + 1}${where}`;
-  Object.assign(probe.dataset, { value, k: voxel.k, h: voxel.h, w: voxel.w, label });
-}
-
-async function savePNG() {
-  const job = state.jobs.find((j) => j.id === state.shown);
-  const blob = await viewer.toPNG();
-  const a = document.createElement("a");
-  a.href = URL.createObjectURL(blob);
-  const plane = viewer.view === "ALL" ? "all" : viewer.active;
-  a.download = `${job ? job.case : "view"}_${plane}_${viewer.slice() + 1}.png`;
-  document.body.append(a);
-  a.click();
-  a.remove();
-  setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
-}
-
-// ------------------------------------------------------------------------------ keys
-/** Our keys, taken before anything else sees them; fields keep their own keys. */
-function onKey(e) {
-  const t = e.target;
-  const field = t instanceof HTMLElement && t.matches("input:not([type=checkbox]), select, textarea");
-  if (field || e.ctrlKey || e.metaKey || e.altKey || !viewer.volume) return;
-  const n = viewer.count();
-  const steps = { ArrowUp: 1, ArrowRight: 1, ArrowDown: -1, ArrowLeft: -1, PageUp: PAGE, PageDown: -PAGE };
-  if (e.key in steps) viewer.step(steps[e.key]);
-  else if (e.key === "Home") viewer.setSlice(viewer.active, 0);
-  else if (e.key === "End") viewer.setSlice(viewer.active, n - 1);
-  else if (e.key === "v" || e.key === "V") nextView();
-  else return;
-  e.preventDefault();
-  e.stopPropagation();
-}
-
-function nextView() {
-  const usable = VIEW_ORDER.filter((v) => !document.querySelector(`button.view[data-view='${v}']`).disabled);
-  viewer.setView(usable[(usable.indexOf(viewer.view) + 1) % usable.length]);
-}
-
 // ----------------------------------------------------------------------------- setup
 function mib(bytes) {
   return `${Math.round(bytes / 2 ** 20)} MiB`;
@@ -472,11 +376,22 @@ function setupDrop() {
   drop.addEventListener("drop", (e) => {
     e.preventDefault();
     $("drop").classList.remove("over");
-    const items = [...(e.dataTransfer.items || [])];
-    const folders = new Set(items.map((i) => i.webkitGetAsEntry && i.webkitGetAsEntry()).filter((en) => en && en.isDirectory).map((en) => en.name));
-    for (const name of folders) showError(`${name}: a folder; zip the DICOM series folder and drop the .zip`);
-    uploadAll([...e.dataTransfer.files].filter((f) => !folders.has(f.name)));
+    uploadAll(dropped(e.dataTransfer));
   });
+}
+
+/** What was dropped: files, and folders ({name, files}) read while they upload. */
+function dropped(data) {
+  const items = [...(data.items || [])].filter((i) => i.kind === "file");
+  if (!items.length) return [...(data.files || [])];
+  // Entries and files must be taken now: the drop's data is gone once this event ends.
+  return items
+    .map((item) => {
+      const entry = item.webkitGetAsEntry ? item.webkitGetAsEntry() : null;
+      if (entry && entry.isDirectory) return { name: entry.name, files: filesIn(entry) };
+      return item.getAsFile();
+    })
+    .filter(Boolean);
 }
 
 function setupControls() {
@@ -484,31 +399,14 @@ function setupControls() {
     uploadAll([...e.target.files]);
     e.target.value = "";
   });
+  $("folder-input").addEventListener("change", (e) => {
+    const groups = byFolder([...e.target.files]);
+    uploadAll([...groups].map(([name, files]) => ({ name: name || "folder", files: Promise.resolve(files) })));
+    e.target.value = "";
+  });
   $("demo").addEventListener("click", demo);
   setupDrop();
-  for (const b of document.querySelectorAll("button.view")) b.addEventListener("click", () => viewer.setView(b.dataset.view));
-  for (const b of document.querySelectorAll("button.tool")) b.addEventListener("click", () => viewer.setTool(b.dataset.tool));
-  $("slice-slider").addEventListener("input", (e) => viewer.setSlice(viewer.active, Number(e.target.value) - 1));
-  $("slice-number").addEventListener("change", (e) => viewer.setSlice(viewer.active, Number(e.target.value) - 1));
-  $("window").addEventListener("change", (e) => {
-    if (viewer.volume && e.target.value !== "custom") {
-      const { width, level } = windowOf(e.target.value, viewer.volume);
-      viewer.setWindow(width, level);
-    }
-  });
-  for (const id of ["ww", "wl"]) $(id).addEventListener("change", () => viewer.setWindow(Number($("ww").value), Number($("wl").value)));
-  const overlays = () => {
-    for (const what of ["lungs", "infection"]) {
-      viewer.setOpacity(what, $(`show-${what}`).checked ? Number($(`opacity-${what}`).value) / 100 : 0);
-    }
-  };
-  for (const id of ["show-lungs", "show-infection", "opacity-lungs", "opacity-infection"]) $(id).addEventListener("input", overlays);
-  $("clear-measurements").addEventListener("click", () => viewer.clearMeasurements());
-  $("save-png").addEventListener("click", savePNG);
-  window.addEventListener("keydown", onKey, true);
-  viewer.addEventListener("change", syncToolbar);
-  viewer.addEventListener("probe", (e) => renderProbe(e.detail));
-  syncToolbar();
+  syncToolbar = setupToolbar(viewer, () => state.jobs.find((j) => j.id === state.shown));
   document.body.dataset.viewer = "ready";
 }
 
