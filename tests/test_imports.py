@@ -39,7 +39,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("demo",),
     ("studies",),
     ("training", "evaluation", "serve", ""),
-    ("inference",),
+    ("inference", "followup"),
     ("checkpoint",),
     ("models", "data", "figures", "meta", "tensor_pair", "evaluation.metrics"),
     ("config", "files"),

@@ -3,8 +3,9 @@ the burden report.
 
 ``app`` (routes, the guard, :func:`serve`), ``jobs`` (the queue and its worker: the inference
 path of ``covseg segment``), ``uploads`` (streaming, typing by content, safe zip extraction),
-``display`` (what the viewer loads), ``summary`` (the CSV), ``static/`` (our page; NiiVue is
-copied into ``static/vendor/`` by ``make``).
+``series`` (a DICOM folder sent file by file), ``display`` (the arrays the viewer draws),
+``summary`` (the CSV), ``static/`` (the page and its slice viewer, drawn on a 2-D canvas: no
+WebGL, nothing fetched from elsewhere).
 """
 
 from __future__ import annotations
