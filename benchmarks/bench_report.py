@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench_cohort import cohort_markdown, cohort_targets
 from bench_models import MEASURED_ONCE, REFERENCE
 
 # Targets of the project (reported against, never adjusted to the result).
@@ -128,6 +129,8 @@ def markdown(res: dict[str, Any]) -> str:
             f"peak RSS {prep['peak_rss_mb']:.0f} MB (exit {prep['rc']})",
             "",
         ]
+    if res.get("cohort"):
+        lines += cohort_markdown(res["cohort"])
     lines += ["| target | measured | verdict |", "|---|---|---|"]
     for t in res["targets"]:
         lines.append(f"| {t['target']} | {t['measured']} | {_verdict(t['ok'])} |")
@@ -217,4 +220,6 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
                     "ok": None if fr is None else fr >= TARGET_INFER_OF_PEAK,
                 }
             )
+    if res.get("cohort"):
+        out += cohort_targets(res["cohort"], res["quick"])
     return out

@@ -18,6 +18,9 @@ Measured in one run (each section can be picked with ``--sections``):
   reference, MONAI BasicUNet's bare forward passes over the same 300 slices at 256² (fresh
   process, only the forward loop timed); ratio segment wall / reference; ``--tta`` too
   (``--no-segment-tta`` skips it);
+- ``cohort``: ``covseg segment`` over many cases (:mod:`bench_cohort`): the per-slice time of a
+  folder of PNG slices vs a volume of as many slices (issue 36: at most 2x), a cohort of
+  synthetic volumes with ``--jobs 1`` and ``--jobs 2``, and a SIGKILL mid-run + rerun check;
 - ``prepare``: ``covseg prepare`` on a synthetic zenodo20 dataset, seconds per case;
 - ``profile``: top ops of one small-preset training step (torch.profiler) -> a text file.
 
@@ -39,6 +42,7 @@ from typing import Any
 
 import torch
 
+from bench_cohort import section_cohort
 from bench_common import loadavg, log, machine_info, settings
 from bench_models import section_models, section_peak
 from bench_profile import section_profile
@@ -48,7 +52,7 @@ from bench_segment import section_prepare, section_segment
 # This file parses the options and runs the sections; each section lives in its own module:
 # bench_models (peak, models), bench_segment (segment, prepare), bench_profile (profile),
 # bench_report (the Markdown tables and the targets); bench_common holds what they share.
-SECTIONS = ("peak", "models", "segment", "prepare", "profile")
+SECTIONS = ("peak", "models", "segment", "cohort", "prepare", "profile")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -120,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             "segment",
             lambda tmp: section_segment(cfg, devices, tmp, args.threads, args.segment_tta),
         ),
+        ("cohort", lambda tmp: section_cohort(args.quick, tmp, args.threads)),
         ("prepare", lambda tmp: section_prepare(cfg, tmp)),
         (
             "profile",

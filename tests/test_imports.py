@@ -38,7 +38,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),
     ("demo",),
     ("studies",),
-    ("training", "evaluation", "serve", ""),
+    ("training", "evaluation", "serve", "cohort", ""),
     ("inference", "followup"),
     ("checkpoint",),
     ("models", "data", "figures", "meta", "tensor_pair", "evaluation.metrics"),
@@ -235,3 +235,26 @@ def test_a_cycle_and_an_upward_import_are_caught(tmp_path):
         ["covseg.data.a", "covseg.data.b", "covseg.data.c", "covseg.data.a"],
     ]
     assert upward_imports(graph) == ["covseg.config -> covseg.cli ('config' may not import 'cli')"]
+
+
+def test_the_command_line_answers_without_loading_torch():
+    """``--help`` and a refused option answer in a moment: building the parser must not import
+    torch (30-50 s on a loaded 2-core machine before a one-line error)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from covseg.cli import main\n"
+        "for argv in (['segment', '--help'], ['export-onnx', 'm.onnx', '--opset', '1'],\n"
+        "             ['segment', 'x', '--out', 'o', '--jobs', '0'], ['train', '--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip().splitlines()[-1] == "False"

@@ -333,15 +333,20 @@ def test_segment_cli_bad_input_exit_2_one_line_no_output(kind, tiny_ckpt, tmp_pa
     rc, lines = _cli([*argv, "--device", "cpu"])
     assert rc == 2 and len(lines) == 1, (rc, lines)
     assert lines[0].startswith("covseg segment: error: ") and src.name in lines[0]
-    assert not out.exists() or not any(out.iterdir()), sorted(out.rglob("*"))
+    # Nothing of the case; a case that failed while running is a row of the cohort table.
+    left = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    assert set(left) <= {"cohort.csv", ".covseg-failed"}, sorted(out.rglob("*"))
 
 
-def test_segment_cli_stops_at_the_bad_case_and_keeps_good_ones_complete(tiny_ckpt, tmp_path):
+def test_segment_cli_lists_the_bad_case_and_keeps_good_ones_complete(tiny_ckpt, tmp_path):
+    """A bad case is one error line and a ``failed`` row; the good cases, before and after
+    it, are complete; nothing of the bad one is written."""
     good = tmp_path / "in" / "a_good.nii.gz"
     good.parent.mkdir()
     nib.save(nib.Nifti1Image(make_phantom(3, (32, 32, 3))[0], np.eye(4)), str(good))
     bad = tmp_path / "in" / "b_bad.nii"
     bad.write_bytes(VALID_NII[:300])
+    shutil.copyfile(good, tmp_path / "in" / "c_good.nii.gz")
     out = tmp_path / "out"
     rc, lines = _cli(
         [
@@ -356,13 +361,16 @@ def test_segment_cli_stops_at_the_bad_case_and_keeps_good_ones_complete(tiny_ckp
         ]
     )
     assert rc == 2 and len([x for x in lines if "error" in x]) == 1
+    assert "b_bad.nii" in next(x for x in lines if "error" in x)
     names = sorted(p.name for p in out.iterdir())  # hidden temp folders would show here too
     assert names == [
-        "a_good_infection.nii.gz",
-        "a_good_lungs.nii.gz",
-        "a_good_overlay.png",
-        "a_good_report.json",
-    ]
+        ".covseg-failed",  # the failure's record (the cohort table is rebuilt from it)
+        *(f"{c}_{s}" for c in ("a_good", "c_good")
+          for s in ("infection.nii.gz", "lungs.nii.gz", "overlay.png", "report.json")),
+        "cohort.csv",
+    ]  # fmt: skip
+    rows = (out / "cohort.csv").read_text().splitlines()
+    assert [r.split(",")[2] for r in rows[1:]] == ["done", "failed", "done"]
 
 
 @pytest.mark.parametrize(

@@ -187,19 +187,27 @@ def test_folders_skip_hidden_appledouble_and_special_entries(tmp_path, caplog):
 
 
 # ------------------------------------------------------- 2. claimed size vs file and memory budget
-def _claim_4gib_gz(d: Path) -> Path:
-    return _claiming(d / "claim4g.nii.gz", (1024, 1024, 1024), np.int32)
+def _claim_128mib_gz(d: Path) -> Path:  # within the memory budget, beyond what gzip can hold
+    return _claiming(d / "claim128m.nii.gz", (512, 512, 128), np.int32)
 
 
 SIZE_CASES = {
-    "claim4g.nii.gz": (_claim_4gib_gz, ["4.0 GiB", "gzip"]),
-    "claim2g.nii": (
-        lambda d: _claiming(d / "claim2g.nii", (2048, 2048, 256)),
-        ["2.0 GiB", "352 B"],
+    "claim128m.nii.gz": (_claim_128mib_gz, ["128.0 MiB", "gzip"]),
+    "claim256m.nii": (
+        lambda d: _claiming(d / "claim256m.nii", (1024, 1024, 128)),
+        ["256.0 MiB", "352 B"],
     ),
     "budget.nii.gz": (
         lambda d: _claiming(d / "budget.nii.gz", (1024, 1024, 1025), np.uint8),
-        [f"memory budget of {MAX_VOXELS} voxels"],
+        [f"memory budget of {MAX_VOXELS * 4 // 3} voxels of 1 bytes ({MAX_VOXELS} as int16"],
+    ),
+    "ct1024.nii.gz": (  # issue 39: a 1 GiB int16 claim that compresses to ~1 MB
+        lambda d: _claiming(d / "ct1024.nii.gz", (1024, 1024, 512)),
+        ["1024x1024x512 = 536870912 voxels", f"memory budget of {MAX_VOXELS} voxels of 2 bytes"],
+    ),
+    "f64.nii.gz": (  # wider voxels, fewer of them: 300 slices of 512² as float64
+        lambda d: _claiming(d / "f64.nii.gz", (512, 512, 300), np.float64),
+        [f"memory budget of {MAX_VOXELS * 4 // 10} voxels of 8 bytes"],
     ),
     "slice16384.nii.gz": (
         lambda d: _claiming(d / "slice16384.nii.gz", (16384, 16384, 1)),

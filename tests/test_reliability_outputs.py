@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from covseg.cli import main
 from covseg.data.synthetic import make_phantom
 from covseg.errors import DataError
-from covseg.files import MIN_STALE_AGE_S, folder_lock, remove_stale, temporary_dir
+from covseg.files import folder_lock, remove_stale, temporary_dir
 from covseg.inference.outputs import MAX_CASE_BYTES, case_name
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -56,11 +56,6 @@ def _scan(path: Path, shape=(32, 32, 3), offset: float = 0.0, scale: float = 1.0
 
 def _hidden(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
-
-
-def _age(path: Path, seconds: float) -> None:
-    t = time.time() - seconds
-    os.utime(path, (t, t))
 
 
 # ------------------------------------------------------------------------------ case names
@@ -166,7 +161,9 @@ def test_write_error_mid_case_is_one_line_and_leaves_nothing(checkpoint, tmp_pat
     monkeypatch.setattr(outputs, "write_mask", full_disk)
     rc, lines, _ = _segment([scan], out, checkpoint)
     assert rc == 2 and len(lines) == 1 and "No space left" in lines[0], lines
-    assert not out.exists() or list(out.iterdir()) == []
+    # Nothing of the case: only the table's row and record of its failure.
+    assert sorted(p.name for p in out.iterdir()) == [".covseg-failed", "cohort.csv"]
+    assert "No space left" in (out / "cohort.csv").read_text()
 
 
 # --------------------------------------------------------------- output sets as one unit
@@ -189,7 +186,7 @@ def test_kill_between_renames_leaves_no_report_beside_new_masks(checkpoint, tmp_
         os.rename(src, dst)
 
     monkeypatch.setattr(outputs.os, "replace", dying_replace)
-    rc, _, _ = _segment([scan], out, checkpoint)
+    rc, _, _ = _segment([scan], out, checkpoint, "--redo")  # else the finished case is skipped
     assert rc == 130
     assert not (out / "scan_report.json").exists()  # the case reads as incomplete
     assert _hidden(out) == []  # and no temporary folder is left
@@ -200,16 +197,20 @@ def test_kill_between_renames_leaves_no_report_beside_new_masks(checkpoint, tmp_
 
 def test_renames_wait_for_the_output_folder_lock(checkpoint, tmp_path):
     """While another run holds the output folder's lock, a case is complete in its temporary
-    folder but nothing of it is in the output folder; it lands when the lock is released."""
+    folder but nothing of it is in the output folder; it lands when the lock is released. (The
+    temporary folder is itself made under that lock: the lock is taken once it exists.)"""
     scan = _scan(tmp_path / "scan.nii.gz")
     out = tmp_path / "out"
     out.mkdir()
     cmd = [sys.executable, "-m", "covseg", "segment", str(scan), "--out", str(out),
            "--checkpoint", str(checkpoint), "--device", "cpu"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not list(out.glob(".scan.*.partial")) and proc.poll() is None:
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.01)
     with folder_lock(out):
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.time() + 120
         while time.time() < deadline:
             staged = list(out.glob(".scan.*.partial/scan_report.json"))
             if staged or proc.poll() is not None:
@@ -228,14 +229,12 @@ def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path):
         stale = tmp_path / ".dead.abc123.partial"
         (stale / "sub").mkdir(parents=True)
         (stale / "sub" / "scan_lungs.nii.gz").write_bytes(b"x")
-        young = tmp_path / ".young.abc.partial"
+        young = tmp_path / ".young.abc.partial"  # just left by a kill: no lock, no age test
         young.mkdir()
         other = tmp_path / "keep.partial"  # not ours: no prefix
         other.mkdir()
-        for p in (stale, live, other):
-            _age(p, MIN_STALE_AGE_S + 60)
-        assert remove_stale(tmp_path, ".", ".partial") == 1
-        assert not stale.exists() and live.exists() and young.exists() and other.exists()
+        assert remove_stale(tmp_path, ".", ".partial") == 2
+        assert not stale.exists() and not young.exists() and live.exists() and other.exists()
     assert not live.exists()
 
 
@@ -245,7 +244,6 @@ def test_segment_removes_what_a_killed_run_left(checkpoint, tmp_path):
     left = out / ".scan.k1ll3d.partial"
     left.mkdir(parents=True)
     (left / "scan_lungs.nii.gz").write_bytes(b"half")
-    _age(left, MIN_STALE_AGE_S + 60)
     assert _segment([scan], out, checkpoint)[0] == 0
     assert _hidden(out) == []
 
@@ -257,7 +255,6 @@ def test_prepare_removes_what_a_killed_run_left(tmp_path):
     left = [tmp_path / ".prep.tmp-k1ll3d", tmp_path / ".prep.old-k1ll3d"]
     for p in left:
         p.mkdir()
-        _age(p, MIN_STALE_AGE_S + 60)
     rc, lines, _ = _cli("prepare", str(raw), str(tmp_path / "prep"), "--size", "32")
     assert rc == 0, lines
     assert not any(p.exists() for p in left)
@@ -469,4 +466,7 @@ def test_settings_out_of_range_are_one_line_before_any_work(flags, tmp_path):
 
 def test_serve_refuses_a_non_positive_upload_limit():
     rc, lines, _ = _cli("serve", "--max-upload-mb", "0")
-    assert rc == 2 and lines == ["covseg serve: error: --max-upload-mb must be at least 1, got 0"]
+    assert rc == 2 and lines == [
+        "covseg serve: error: argument --max-upload-mb: must be at least 1, got 0 "
+        "(see covseg serve --help)"
+    ]

@@ -38,14 +38,14 @@ def test_segment_folder_writes_every_case_and_a_summary(checkpoint, tmp_path, ca
     argv = ["segment", str(src), "--out", str(out), "--checkpoint", str(checkpoint), "--tta"]
     assert main([*argv, "--batch-size", "2", "--device", "cpu"]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == [
+    assert names == [  # --overlay auto: overlays for volumes only
+        "cohort.csv",
         "scan_a_infection.nii.gz",
         "scan_a_lungs.nii.gz",
         "scan_a_overlay.png",
         "scan_a_report.json",
         "slice_b_infection.png",
         "slice_b_lungs.png",
-        "slice_b_overlay.png",
         "slice_b_report.json",
     ]
     table = capsys.readouterr().out.splitlines()
@@ -114,13 +114,22 @@ def test_bad_input_is_one_line_exit_2_and_nothing_partial(case, checkpoint, tmp_
     ]
     assert len(lines) == 1 and lines[0].startswith("covseg segment: error:"), err
     assert needle in lines[0]
+    # Nothing of the bad case but its row in the cohort table (and its failure record, when
+    # it failed while running: a bad case no longer stops the batch).
     left = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    table = (out / "cohort.csv").read_text() if "cohort.csv" in left else ""
+    cases = [n for n in left if n not in ("cohort.csv", ".covseg-failed")]
     if case == "bad case after a good one":  # the finished case stays, complete
-        assert left == [
+        assert cases == [
             f"good_{s}" for s in ("infection.nii.gz", "lungs.nii.gz", "overlay.png", "report.json")
         ]
     else:
-        assert left == []
+        assert cases == []
+    if case == "bad case after a good one":  # the batch went on; the table lists both
+        row = next(r for r in table.splitlines() if ",failed," in r)
+        assert needle in row
+    else:  # refused before any work, or the only case failed: no folder left behind
+        assert not out.exists()
 
 
 def test_no_lung_is_reported_not_an_error(tmp_path, capsys):

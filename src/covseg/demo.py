@@ -12,12 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from covseg.cohort import segment_cohort
 from covseg.config import PRESETS, TrainConfig
 from covseg.data.prepare import prepare
 from covseg.data.synthetic import write_synthetic_dataset
+from covseg.errors import DataError
 from covseg.evaluation.evaluate import evaluate, format_table
 from covseg.evaluation.report import make_report
-from covseg.inference.outputs import format_summary, segment_files
+from covseg.inference.outputs import format_summary
 from covseg.studies.crossval import run_cv, run_dir
 
 __all__ = ["DEMO_TRAIN", "run_demo"]
@@ -74,7 +76,10 @@ def run_demo(
     print("Evaluation of a new phantom volume at its original resolution:")
     print(format_table(result))
     scans = sorted((fresh / "COVID-19-CT-Seg_20cases").glob("*.nii.gz"))
-    reports = segment_files(scans, out / "segmented", checkpoint=ckpt)
+    run = segment_cohort(scans, out / "segmented", checkpoint=ckpt, redo=True)
+    if run.failed:
+        raise DataError(run.failed[0].reason or "segmentation failed")
+    reports = [o.report for o in run.outcomes if o.report is not None]
     print("\nSegmentation of the new phantom (masks, report, overlay in segmented/):")
     print(format_summary(reports))
     seconds = time.perf_counter() - t0

@@ -8,7 +8,10 @@ kill — sees either the previous file or the new one, never half of one. ``mkst
 A process holds a ``flock`` on each temporary folder (the folder itself, no lock file) while it
 works in it; the kernel drops the lock when the process dies, however it dies, so a later run can
 tell the leftovers of a killed run (:func:`remove_stale`) from the folders of a run still in
-progress.
+progress. A temporary folder is made and locked while its parent's lock is held, and
+:func:`remove_stale` holds that same lock while it looks: no cleaner ever sees a new folder
+before its lock, so the lock alone is the test (no age), and a rerun right after a kill removes
+what the killed run left.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,9 +38,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: A folder younger than this is never removed (the moment between making it and locking it).
-MIN_STALE_AGE_S = 5.0
 
 
 def _umask() -> int:
@@ -122,40 +121,46 @@ def folder_lock(folder: str | Path) -> Iterator[None]:
 @contextlib.contextmanager
 def temporary_dir(parent: str | Path, prefix: str, suffix: str = ".partial") -> Iterator[Path]:
     """A private temporary folder inside ``parent`` (created), removed with what is left in it
-    when the block ends, whatever happens. Its lock (module docstring) is held meanwhile, so
-    :func:`remove_stale` leaves it alone."""
+    when the block ends, whatever happens. Its lock (module docstring) is taken under the
+    parent's lock and held meanwhile, so :func:`remove_stale` leaves it alone. Never call it
+    while this process holds :func:`folder_lock` on ``parent`` (it would wait for itself)."""
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
-    try:
-        with _flock(tmp):
+    with contextlib.ExitStack() as held:
+        with _flock(parent):
+            tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
+            try:
+                held.enter_context(_flock(tmp))
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        try:
             yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def remove_stale(parent: str | Path, prefix: str, suffix: str = ".partial") -> int:
     """Remove the temporary folders ``parent/<prefix>*<suffix>`` that no live process holds
-    (left by a killed run) and that are older than :data:`MIN_STALE_AGE_S`; returns how many
-    were removed."""
+    (left by a killed run, however young); returns how many were removed. The parent's lock is
+    held meanwhile (see the module docstring); never call it while this process holds
+    :func:`folder_lock` on ``parent``."""
     parent = Path(parent)
     removed = 0
     try:
-        candidates = [p for p in parent.iterdir() if p.name.startswith(prefix)]
+        with _flock(parent):
+            for folder in [p for p in parent.iterdir() if p.name.startswith(prefix)]:
+                if not folder.name.endswith(suffix) or folder.is_symlink() or not folder.is_dir():
+                    continue
+                try:
+                    with _flock(folder, blocking=False) as free:
+                        if free:
+                            shutil.rmtree(folder, ignore_errors=True)
+                            removed += 1
+                except OSError:  # removed meanwhile by its owner
+                    continue
     except OSError:
-        return 0
-    for folder in candidates:
-        if not folder.name.endswith(suffix) or folder.is_symlink() or not folder.is_dir():
-            continue
-        try:
-            if time.time() - folder.stat().st_mtime < MIN_STALE_AGE_S:
-                continue
-            with _flock(folder, blocking=False) as free:
-                if free:
-                    shutil.rmtree(folder, ignore_errors=True)
-                    removed += 1
-        except OSError:  # removed meanwhile by its owner or another cleaner
-            continue
+        return removed
     if removed:
         log.info("%s: removed %d temporary folder(s) left by an interrupted run", parent, removed)
     return removed

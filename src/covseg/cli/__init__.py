@@ -25,12 +25,12 @@ from typing import Any
 
 from covseg._version import __version__
 from covseg.cli.calibrate import add_calibrate
-from covseg.cli.common import Runner
+from covseg.cli.common import Parser, Runner
 from covseg.cli.data import add_prepare, add_synth
 from covseg.cli.demo import add_demo, add_model_info
 from covseg.cli.segment import add_evaluate, add_export_onnx, add_segment
 from covseg.cli.serve import add_serve
-from covseg.cli.train import add_cv, add_ensemble, add_report, add_train
+from covseg.cli.train import add_average, add_cv, add_ensemble, add_report, add_train
 from covseg.errors import CovsegError
 
 __all__ = ["main"]
@@ -49,13 +49,14 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], Runner]] = [
     add_segment,
     add_export_onnx,
     add_ensemble,
+    add_average,
     add_calibrate,
     add_serve,
 ]
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Runner]]:
-    parser = argparse.ArgumentParser(
+    parser = Parser(  # one-line errors, as every covseg error (subparsers inherit the class)
         prog="covseg", description="Lung and COVID-19 infection segmentation in chest CT."
     )
     parser.add_argument("--version", action="version", version=f"covseg {__version__}")
@@ -76,7 +77,10 @@ HUGE_PAGE_COMMANDS = frozenset({"segment", "evaluate"})
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser, runners = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a one-line usage error (exit code 2)
+        return done.code if isinstance(done.code, int) else 2
     if args.command in HUGE_PAGE_COMMANDS and "torch" not in sys.modules:
         # PyTorch reads this once, at its first CPU allocation. Inference re-allocates its
         # full-resolution activations layer after layer; with 4 KiB pages the page faults took

@@ -26,7 +26,12 @@ def add_calibrate(sub: argparse._SubParsersAction) -> Runner:
     p.add_argument("cv_dir", help="the folder of `covseg cv` (two or more finished runs)")
     p.add_argument("--data", nargs="+", required=True, help="the cv's prepared dataset(s)")
     p.add_argument("--out", required=True, help="where the study's files go")
-    p.add_argument("--which", choices=["last", "best"], default="last", help="run checkpoints")
+    p.add_argument(
+        "--which",
+        choices=["last", "best", "swa"],
+        default="last",
+        help="run checkpoints (swa: `covseg average`'s)",
+    )
     p.add_argument(
         "--rule-from",
         help="also study keeping this checkpoint's post-processing (calibration and interval "

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from covseg.cli.common import Runner
+from covseg.cli.common import Runner, bounded_int
 from covseg.config import PRESETS
-from covseg.errors import CovsegError
 
 
 # --------------------------------------------------------------------------- model-info
@@ -15,7 +14,9 @@ def add_model_info(sub: argparse._SubParsersAction) -> Runner:
     p = sub.add_parser("model-info", help="build a model, run one forward pass, print its size")
     p.add_argument("--preset", choices=list(PRESETS), default="small")
     p.add_argument("--model", choices=["bifurcated", "unet"], default="bifurcated")
-    p.add_argument("--size", type=int, default=256, help="input side length (default 256)")
+    p.add_argument(
+        "--size", type=bounded_int(16, 4096), default=256, help="input side length, 16..4096 (256)"
+    )
     p.add_argument("--json", action="store_true", help="print machine-readable JSON only")
     return _run_model_info
 
@@ -23,8 +24,6 @@ def add_model_info(sub: argparse._SubParsersAction) -> Runner:
 def _run_model_info(args: argparse.Namespace) -> int:
     from covseg.models import model_info
 
-    if not 16 <= args.size <= 4096:
-        raise CovsegError(f"--size must be in 16..4096, got {args.size}")
     info = model_info(args.preset, model=args.model, size=args.size)
     if args.json:
         print(json.dumps(info))

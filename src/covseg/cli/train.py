@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from covseg.cli.common import Runner, comma_list
+from covseg.cli.common import MAX_BATCH, SEEDS, Runner, bounded_float, bounded_int, comma_list
 from covseg.config import (
     AUGMENTATIONS,
     DEVICES,
@@ -42,19 +42,21 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-inception", action="store_true", help="ablation: double convs only")
     p.add_argument("--no-deep-supervision", action="store_true", help="ablation: aux loss 0")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--epochs", type=bounded_int(1), default=100)
+    p.add_argument("--batch-size", type=bounded_int(1, MAX_BATCH), default=8)
+    p.add_argument("--lr", type=bounded_float(0.0, open_lo=True), default=4e-4)
     p.add_argument("--schedule", choices=["cosine", "plateau", "none"], default="cosine")
-    p.add_argument("--patience", type=int, default=20, help="early stopping (0 = off)")
+    p.add_argument("--patience", type=bounded_int(0), default=20, help="early stopping (0 = off)")
     p.add_argument(
         "--keep-epochs",
-        type=int,
+        type=bounded_int(0),
         default=0,
         help="also keep the weights of the last N epochs (epochNNN.safetensors; for weight "
         "averaging)",
     )
-    p.add_argument("--dice-loss", type=float, default=0.0, help="extra soft-Dice weight")
+    p.add_argument(
+        "--dice-loss", type=bounded_float(0.0), default=0.0, help="extra soft-Dice weight"
+    )
     p.add_argument(
         "--dice-mode",
         choices=["batch", "slice"],
@@ -80,14 +82,14 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--derived-lung-weight",
-        type=float,
+        type=bounded_float(0.0),
         default=1.0,
         help="lung-head loss weight of slices whose lung mask `prepare` derived (0 = ignore)",
     )
-    p.add_argument("--pseudo-weight", type=float, default=0.5)
+    p.add_argument("--pseudo-weight", type=bounded_float(0.0), default=0.5)
     p.add_argument(
         "--extra-per-epoch",
-        type=int,
+        type=bounded_int(0),
         default=0,
         help="slices drawn from --extra-data per epoch (0 = all)",
     )
@@ -100,10 +102,15 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
         "a scout look found; the post-processing is chosen on those predictions (full)",
     )
     p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all cores)")
+    p.add_argument("--seed", type=bounded_int(*SEEDS), default=0)
     p.add_argument(
-        "--workers", type=int, default=-1, help="DataLoader workers (-1 = sized to the machine)"
+        "--threads", type=bounded_int(0), default=0, help="torch CPU threads (0 = all cores)"
+    )
+    p.add_argument(
+        "--workers",
+        type=bounded_int(-1),
+        default=-1,
+        help="DataLoader workers (-1 = sized to the machine)",
     )
 
 
@@ -155,9 +162,9 @@ def _build_configs(args: argparse.Namespace):
 def add_train(sub: argparse._SubParsersAction) -> Runner:
     p = sub.add_parser("train", help="train one model (one fold, or all cases)")
     _train_flags(p)
-    p.add_argument("--fold", type=int, help="test fold to hold out (0-based)")
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--repeat", type=int, default=0)
+    p.add_argument("--fold", type=bounded_int(0), help="test fold to hold out (0-based)")
+    p.add_argument("--folds", type=bounded_int(2), default=5)
+    p.add_argument("--repeat", type=bounded_int(0), default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.*")
     p.add_argument(
         "--force", action="store_true", help="with --resume: continue although settings differ"
@@ -189,10 +196,10 @@ def _run_train(args: argparse.Namespace) -> int:
 def add_cv(sub: argparse._SubParsersAction) -> Runner:
     p = sub.add_parser("cv", help="repeated k-fold cross-validation (train + test every fold)")
     _train_flags(p)
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--fold", type=int, help="run only this fold")
-    p.add_argument("--repeat", type=int, help="run only this repeat")
+    p.add_argument("--folds", type=bounded_int(2), default=5)
+    p.add_argument("--repeats", type=bounded_int(1), default=3)
+    p.add_argument("--fold", type=bounded_int(0), help="run only this fold")
+    p.add_argument("--repeat", type=bounded_int(0), help="run only this repeat")
     p.add_argument(
         "--force", action="store_true", help="start over the runs made with other settings"
     )
@@ -293,4 +300,30 @@ def _run_ensemble(args: argparse.Namespace) -> int:
         f"{meta.postprocessing} ({meta.postprocessing_source}"
         + (f", val Dice {val:.4f})" if val is not None else ")")
     )
+    return 0
+
+
+# ----------------------------------------------------------------------------- average
+def add_average(sub: argparse._SubParsersAction) -> Runner:
+    p = sub.add_parser(
+        "average",
+        help="weight averaging (SWA) of runs' last epochs",
+        description="For each run folder (of `covseg train`/`cv` with --keep-epochs N), save "
+        "the mean of its kept epoch weights as RUN/swa.safetensors, batch norm recomputed on "
+        "the run's training cases. `covseg calibrate CV --which swa` then scores them out of "
+        "fold like the runs' own checkpoints.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (e.g. CV/fold*_rep0)")
+    p.add_argument("--data", nargs="+", required=True, help="the runs' prepared dataset(s)")
+    p.add_argument(
+        "--last", type=bounded_int(1), help="average only the last N snapshots (default: all)"
+    )
+    return _run_average
+
+
+def _run_average(args: argparse.Namespace) -> int:
+    from covseg.training.swa import average_run
+
+    for run in args.runs:
+        print(f"{average_run(run, args.data, last=args.last)}: averaged")
     return 0

@@ -10,6 +10,7 @@ __all__ = [
     "FRAMINGS",
     "INPUT_NORMS",
     "INTENSITY_RULES",
+    "ONNX_OPSETS",
     "ROBUSTNESS_VARIANTS",
 ]
 
@@ -31,6 +32,15 @@ AUGMENTATIONS = ("basic", "robust", "robust_lungs", "robust_clahe_first")
 #: The network's first step (``ModelConfig.input_norm``, ``--input-norm``): none, or a per-slice
 #: histogram equalisation.
 INPUT_NORMS = ("none", "equalize")
+#: The ONNX opsets ``export-onnx`` writes (first, last): below 10 the TorchScript exporter cannot
+#: express the network's slicing and bilinear upsampling; 20 is the last it knows
+#: (``torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET``, torch 2.13).
+ONNX_OPSETS = (10, 20)
+#: ``segment --overlay`` values: ``auto`` (volumes only, and none above :data:`OVERLAY_AUTO_MAX`
+#: cases), ``none``, ``all``.
+OVERLAYS = ("auto", "none", "all")
+#: Above this many cases ``--overlay auto`` draws no overlay at all.
+OVERLAY_AUTO_MAX = 50
 
 #: The variants of ``evaluate --robustness`` (:data:`covseg.evaluation.robustness.VARIANTS`), in
 #: table order: as read; cropped to the lungs; zoomed out; another window; two display gammas;

@@ -23,13 +23,19 @@ HU_WINDOW = (-1250.0, 250.0)
 
 #: Stored CT values below this are air or lung; a HU scan without any is not a chest CT in HU.
 _NO_AIR_HU = -100.0
+#: Air or lung in HU (air -1000, lung about -850): a chest CT always shows some, outside the body
+#: or in the lungs. A volume beyond the 8-bit range without any (an MR series, a float map in
+#: [0, 800]) is refused rather than read as HU. (Soft tissue is not required: a scan of air, or
+#: of a phantom, is still CT; without air, the values are not HU.)
+_AIR_HU = -400.0
 
 
 def detect_intensity_rule(array: np.ndarray) -> str:
     """Tell Hounsfield units from 8-bit windowed intensities and from floats in ``[0, 1]``.
 
     ``"hu"``: any value below -200 or above 300 (air is about -1000 HU, so every CT slice that
-    shows air outside the body is caught; bone is above 300). ``"uint8"``: all values in
+    shows air outside the body is caught; bone is above 300), provided the values look like a
+    chest CT: some air or lung (a value at or below -400). ``"uint8"``: all values in
     ``[0, 255]`` otherwise (8-bit pictures, windowed volumes such as the Zenodo Radiopaedia ones).
     ``"unit"`` (floats already in ``[0, 1]``) is never guessed: the window they were scaled by
     is unknown.
@@ -41,10 +47,11 @@ def detect_intensity_rule(array: np.ndarray) -> str:
         ``"hu"`` or ``"uint8"``.
 
     Raises:
-        DataError: values in no range (e.g. small negative floats), floats in ``[0, 1]``, or a
-            range above 300
-            without anything below -100: no air or lung, as DICOM stored values without the
-            rescale intercept (``HU + 1024``) look; pass the rule explicitly.
+        DataError: values in no range (e.g. small negative floats), floats in ``[0, 1]``, a
+            range above 300 without anything below -100 (no air or lung: DICOM stored values
+            without the rescale intercept, ``HU + 1024``, look so), or values beyond the 8-bit
+            range without air or lung (not a CT in HU: MR, a float map); the message names
+            ``--intensity``, which forces a rule.
     """
     lo, hi = float(np.min(array)), float(np.max(array))
     if lo < -200 or hi > 300:
@@ -53,6 +60,12 @@ def detect_intensity_rule(array: np.ndarray) -> str:
                 f"values in [{lo:g}, {hi:g}] hold no air or lung (nothing below "
                 f"{_NO_AIR_HU:g} HU): stored values without the rescale intercept (HU + 1024)? "
                 "pass --intensity hu1024 if so, or --intensity hu if they are HU"
+            )
+        if lo > _AIR_HU:
+            raise DataError(
+                f"values in [{lo:g}, {hi:g}] do not look like a chest CT in HU: no air or lung "
+                f"(nothing at or below {_AIR_HU:g}); pass --intensity hu to segment them as HU "
+                "anyway (or another --intensity rule)"
             )
         return "hu"
     if lo >= 0 and hi <= 1 and hi > 0 and np.issubdtype(np.asarray(array).dtype, np.floating):

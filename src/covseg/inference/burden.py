@@ -219,9 +219,9 @@ def burden_report(
     )
 
 
-#: Slices labelled per call by :func:`left_right_counts` (int32 labels of 64 slices of 512²:
-#: 64 MB), so its memory does not grow with the scan.
-_SIDE_CHUNK = 64
+#: Slices labelled per call by :func:`left_right_counts` (int32 labels and their per-pixel
+#: copies of 16 slices of 512²: ~50 MB), so its memory does not grow with the scan.
+_SIDE_CHUNK = 16
 
 #: 8-connectivity within a slice, none across slices.
 _SLICE_8 = np.zeros((3, 3, 3), dtype=bool)

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from covseg.config import to_dict
-from covseg.errors import CheckpointError
+from covseg.config.choices import ONNX_OPSETS
+from covseg.errors import CheckpointError, CovsegError
 
 __all__ = ["OUTPUT_NAMES", "Heads", "export_onnx", "heads_module", "trace_onnx"]
 
@@ -65,8 +66,14 @@ def export_onnx(
     Raises:
         CheckpointError: the checkpoint fails its checks, or its model lacks a head (the
             single-task U-Net baseline has no lung and no auxiliary head).
+        CovsegError: ``opset`` outside :data:`~covseg.config.choices.ONNX_OPSETS`.
     """
     import onnx
+
+    if not ONNX_OPSETS[0] <= opset <= ONNX_OPSETS[1]:
+        raise CovsegError(
+            f"--opset {opset}: the model exports with opsets {ONNX_OPSETS[0]}..{ONNX_OPSETS[1]}"
+        )
 
     from covseg.checkpoint import load_checkpoint, resolve_checkpoint
 

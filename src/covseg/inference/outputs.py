@@ -1,33 +1,39 @@
-"""File outputs of ``covseg segment``: masks, report JSON and overlay per case, and the run over
-all inputs.
+"""File outputs of ``covseg segment``: masks, report JSON and overlay per case (the batch over
+all inputs is :mod:`covseg.cohort`).
 
 Per case (``<case>`` is the input's name without its image suffix): ``<case>_lungs.nii.gz`` and
 ``<case>_infection.nii.gz`` (uint8, the input's shape, affine and orientation; ``.png`` for picture
-inputs), ``<case>_overlay.png`` and ``<case>_report.json``. They are written into a private
-temporary folder inside the output folder and renamed into place only when the whole case is
-done, as one unit: under the output folder's lock (:func:`covseg.files.folder_lock`), the old
-report is removed first and the new one renamed last, so the report's presence marks a complete
-case whose files all come from one run — whether another run writes the same case at the same
-time or this one is killed between two renames. The temporary folders of killed runs are removed
+inputs), ``<case>_overlay.png`` and ``<case>_report.json``; for a DICOM series also
+``<case>_seg.dcm``, a DICOM Segmentation of both masks referencing the source slices
+(:mod:`covseg.data.io.dicom_seg`; :func:`case_formats` says when), and ``<case>_sr.dcm``, the
+lung and infection volumes as a DICOM SR measurement report on it
+(:mod:`covseg.data.io.dicom_sr`). They are written into a private temporary folder inside the
+output folder and renamed into place only when the whole case is done, as one unit: under the
+output folder's lock (:func:`covseg.files.folder_lock`), the old report is removed first and the
+new one renamed last, so the report's presence marks a complete case whose files all come from
+one run — whether another run writes the same case at the same time or this one is killed
+between two renames. The temporary folders of killed runs are removed
 by the next run (:func:`covseg.files.remove_stale`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from covseg.data.geometry import canonical_view
-from covseg.data.io import Image, find_inputs, read_image, write_mask
+from covseg.data.io import Image, read_image, write_mask
 from covseg.data.io.common import strip_suffix
+from covseg.data.io.dicom_seg import dicom_seg_problem, write_dicom_seg
+from covseg.data.io.dicom_sr import write_burden_sr
 from covseg.data.preprocess import normalize_intensity
 from covseg.errors import DataError
 from covseg.files import file_mode, folder_lock, remove_stale, temporary_dir
@@ -36,12 +42,15 @@ from covseg.inference.segmenter import Segmenter, SegmentResult
 
 __all__ = [
     "MAX_CASE_BYTES",
+    "OUTPUT_FORMATS",
     "OVERLAY_SLICES",
+    "case_formats",
     "case_name",
+    "check_formats",
     "check_output_dir",
     "format_summary",
+    "output_names",
     "segment_file",
-    "segment_files",
     "write_case",
 ]
 
@@ -49,6 +58,8 @@ log = logging.getLogger(__name__)
 
 #: Number of slices shown in the overlay figure.
 OVERLAY_SLICES = 3
+#: Largest side of a slice in the overlay figure (larger slices are subsampled).
+OVERLAY_MAX_SIDE = 512
 #: Longest case name in bytes: ``<case>_infection.nii.gz`` and its temporary name must stay
 #: within the 255-byte file name limit of common file systems.
 MAX_CASE_BYTES = 200
@@ -56,6 +67,9 @@ MAX_CASE_BYTES = 200
 #: (uint8 masks compress to a small fraction of a CT's int16 voxels).
 SPACE_PER_CASE = 4 << 20
 SPACE_SHARE = 0.1
+#: The mask formats ``covseg segment --format`` takes: ``nifti`` (NIfTI masks, PNG for picture
+#: inputs) and ``dicom-seg`` (``<case>_seg.dcm``, DICOM series only).
+OUTPUT_FORMATS = ("nifti", "dicom-seg")
 #: The prefix and suffix of the per-case temporary folders.
 _TMP_PREFIX, _TMP_SUFFIX = ".", ".partial"
 
@@ -86,8 +100,11 @@ def check_output_dir(out_dir: str | Path, inputs: Sequence[Path], n_cases: int) 
     outputs; temporary folders left there by killed runs are removed.
 
     Raises:
-        DataError: naming the folder and the problem.
+        DataError: naming the folder and the problem (an empty ``--out ""`` too: ``Path("")``
+            would silently be the current folder).
     """
+    if not str(out_dir).strip():
+        raise DataError(f"--out {str(out_dir)!r}: an empty folder name (give a folder)")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: --out exists and is not a folder")
@@ -126,44 +143,143 @@ def _size(path: Path) -> int:
         return 0
 
 
-def write_case(image: Image, result: SegmentResult, out_dir: str | Path) -> dict[str, Path]:
-    """Write one case's masks, overlay and report into ``out_dir`` (see the module docstring).
+def check_formats(formats: Sequence[str], inputs: Sequence[Path] = ()) -> tuple[str, ...]:
+    """Check ``--format`` before any work.
+
+    Args:
+        formats: names of :data:`OUTPUT_FORMATS`.
+        inputs: the inputs found (:func:`~covseg.data.io.find_inputs`): with ``dicom-seg`` asked
+            for, each must be a DICOM series folder.
 
     Returns:
-        ``{"lungs", "infection", "overlay", "report"}`` paths.
+        ``formats`` without repeats.
+
+    Raises:
+        DataError: no format, an unknown one, or ``dicom-seg`` for a NIfTI/picture input.
+    """
+    if not formats or any(f not in OUTPUT_FORMATS for f in formats):
+        raise DataError(
+            f"--format {','.join(formats)}: expected one or more of {', '.join(OUTPUT_FORMATS)} "
+            "(comma-separated)"
+        )
+    if "dicom-seg" in formats:
+        for p in inputs:
+            if not Path(p).is_dir():
+                raise DataError(
+                    f"{p}: --format dicom-seg needs DICOM series inputs, this is a file "
+                    "(leave --format out: DICOM series then get one, other inputs NIfTI/PNG)"
+                )
+    return tuple(dict.fromkeys(formats))
+
+
+def case_formats(requested: Sequence[str] | None, image: Image) -> tuple[str, ...]:
+    """The mask formats of one case: ``requested`` when given; else NIfTI (PNG for pictures),
+    plus a DICOM-SEG for a DICOM series that carries the UIDs a SEG references (a series that
+    does not gets NIfTI alone and a warning saying why).
+
+    Raises:
+        DataError: ``requested`` holds ``dicom-seg`` and the input cannot have one.
+    """
+    if requested is not None:
+        formats = check_formats(requested)
+        problem = "dicom-seg" in formats and dicom_seg_problem(image)
+        if problem:
+            raise DataError(problem)
+        return formats
+    if image.kind != "dicom":
+        return ("nifti",)
+    problem = dicom_seg_problem(image)
+    if problem:
+        log.warning("%s; writing NIfTI masks only", problem)
+        return ("nifti",)
+    return OUTPUT_FORMATS
+
+
+def output_names(case: str, image: Image, formats: Sequence[str] = ("nifti",)) -> dict[str, str]:
+    """The file names :func:`write_case` writes for ``case`` in ``formats`` (a complete case
+    has all of them): ``lungs``/``infection`` (``nifti``), ``dicom_seg`` and ``dicom_sr``
+    (``dicom-seg``), ``overlay`` and ``report`` (always; the report last)."""
+    ext = ".png" if image.array.ndim == 2 else ".nii.gz"
+    names = {}
+    if "nifti" in formats:
+        names |= {"lungs": f"{case}_lungs{ext}", "infection": f"{case}_infection{ext}"}
+    if "dicom-seg" in formats:
+        names |= {"dicom_seg": f"{case}_seg.dcm", "dicom_sr": f"{case}_sr.dcm"}
+    return names | {"overlay": f"{case}_overlay.png", "report": f"{case}_report.json"}
+
+
+def write_case(
+    image: Image,
+    result: SegmentResult,
+    out_dir: str | Path,
+    *,
+    formats: Sequence[str] = ("nifti",),
+    overlay: bool = True,
+    settings: Mapping[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write one case's masks, overlay and report into ``out_dir`` (see the module docstring).
+
+    Args:
+        image: the input as read.
+        result: its masks and report.
+        out_dir: the output folder.
+        formats: mask formats of :data:`OUTPUT_FORMATS` (:func:`case_formats` picks them); a
+            case's files of a format not asked for this time are removed with the old report.
+        overlay: write ``<case>_overlay.png`` (an earlier one is removed when not).
+        settings: stored as the report's ``"settings"`` record (what made the case; a batch
+            compares it to skip finished cases, :mod:`covseg.cohort`).
+
+    Returns:
+        The paths of :func:`output_names`, by key.
+
+    Raises:
+        DataError: a file cannot be written, or a DICOM-SEG cannot reference the input.
     """
     from covseg.figures.overlay import plot_segmentation
 
     out_dir = Path(out_dir)
     report = result.report
     case = report.case or case_name(image.path)
-    ext = ".png" if image.array.ndim == 2 else ".nii.gz"
-    names = {
-        "lungs": f"{case}_lungs{ext}",
-        "infection": f"{case}_infection{ext}",
-        "overlay": f"{case}_overlay.png",
-        "report": f"{case}_report.json",  # last: its presence marks a complete case
-    }
+    names = output_names(case, image, formats)
+    if not overlay:
+        del names["overlay"]
+    # Every earlier file of this case name not in the new set (another format, or another
+    # input's kind: a picture's .png masks beside a volume's): the set is replaced as one.
+    others = _every_name(case) - set(names.values())
+    record = report.to_dict() | ({} if settings is None else {"settings": dict(settings)})
     try:
         with temporary_dir(out_dir, prefix=f"{_TMP_PREFIX}{case}.", suffix=_TMP_SUFFIX) as tmp:
-            write_mask(result.lungs, image, tmp / names["lungs"])
-            write_mask(result.infection, image, tmp / names["infection"])
-            images01, lungs, infs, ids = _overlay_slices(image, result)
-            plot_segmentation(
-                images01,
-                lungs,
-                infs,
-                report.infection_area_per_slice,
-                tmp / names["overlay"],
-                slice_ids=ids,
-                area_unit="mm²" if report.area_unit == "mm2" else "px",
-            )
-            (tmp / names["report"]).write_text(json.dumps(report.to_dict(), indent=1))
+            for key in ("lungs", "infection"):
+                if key in names:
+                    write_mask(getattr(result, key), image, tmp / names[key])
+            if "dicom_seg" in names:
+                write_dicom_seg(
+                    image,
+                    result.lungs,
+                    result.infection,
+                    tmp / names["dicom_seg"],
+                    report=report.to_dict(),
+                )
+                write_burden_sr(tmp / names["dicom_seg"], report.to_dict(), tmp / names["dicom_sr"])
+            if overlay:
+                images01, lungs, infs, ids = _overlay_slices(image, result)
+                plot_segmentation(
+                    images01,
+                    lungs,
+                    infs,
+                    report.infection_area_per_slice,
+                    tmp / names["overlay"],
+                    slice_ids=ids,
+                    area_unit="mm²" if report.area_unit == "mm2" else "px",
+                )
+            (tmp / names["report"]).write_text(json.dumps(record, indent=1))
             mode = file_mode()  # temp files are created 0600; give outputs the usual mode
             for name in names.values():
                 os.chmod(tmp / name, mode)
             with folder_lock(out_dir):  # one unit: see the module docstring
                 (out_dir / names["report"]).unlink(missing_ok=True)
+                for name in others:  # an earlier run's other files: not of this set
+                    (out_dir / name).unlink(missing_ok=True)
                 for name in names.values():
                     os.replace(tmp / name, out_dir / name)
     except OSError as err:  # full disk, permissions changed meanwhile, ...
@@ -172,6 +288,16 @@ def write_case(image: Image, result: SegmentResult, out_dir: str | Path) -> dict
             where = out_dir / where.name
         raise DataError(f"{where}: cannot write the outputs ({err.strerror or err})") from None
     return {key: out_dir / name for key, name in names.items()}
+
+
+def _every_name(case: str) -> set[str]:
+    """Every file name a case may have in ``--out``, whatever its input's kind and formats."""
+    kinds = (np.zeros((1, 1), np.uint8), np.zeros((1, 1, 1), np.uint8))
+    return {
+        name
+        for a in kinds
+        for name in output_names(case, Image(a, None, "probe", Path(case)), OUTPUT_FORMATS).values()
+    }
 
 
 def _overlay_slices(
@@ -183,12 +309,20 @@ def _overlay_slices(
     if not area.any():
         area = views[1].sum(axis=(1, 2), dtype=np.int64).astype(float)
     ids = sorted(int(k) for k in np.argsort(-area, kind="stable")[:OVERLAY_SLICES])
-    images01 = normalize_intensity(views[0][ids], result.report.intensity_rule)
-    return images01, views[1][ids], views[2][ids], ids
+    # The panels are drawn ~240 px wide; matplotlib would turn a 4096 px slice into 1.5 GB of
+    # float RGBA first. Every n-th pixel, for at most OVERLAY_MAX_SIDE px:
+    n = -(-max(views[0].shape[1:]) // OVERLAY_MAX_SIDE)
+    images01 = normalize_intensity(views[0][ids, ::n, ::n], result.report.intensity_rule)
+    return images01, views[1][ids, ::n, ::n], views[2][ids, ::n, ::n], ids
 
 
 def segment_file(
-    seg: Segmenter, path: str | Path, out_dir: str | Path, *, progress: bool = False
+    seg: Segmenter,
+    path: str | Path,
+    out_dir: str | Path,
+    *,
+    progress: bool = False,
+    formats: Sequence[str] | None = None,
 ) -> SegmentResult:
     """Segment one input with ``seg`` and write its outputs into ``out_dir`` (:func:`write_case`:
     ``<case>_lungs``, ``<case>_infection``, ``<case>_report.json``, ``<case>_overlay.png``, all
@@ -199,6 +333,8 @@ def segment_file(
         path: a NIfTI file, a DICOM series folder, or a PNG/JPG picture.
         out_dir: output folder (created when the case is done).
         progress: show a tqdm bar on stderr.
+        formats: mask formats (:data:`OUTPUT_FORMATS`); ``None``: :func:`case_formats`'s
+            default (NIfTI, and a DICOM-SEG for a DICOM series).
 
     Returns:
         The :class:`~covseg.inference.segmenter.SegmentResult` with ``paths`` filled
@@ -213,84 +349,8 @@ def segment_file(
     image = read_image(path)
     result = seg.predict_image(image, progress)
     result.report = result.report.replace(case=case_name(path), input=str(path))
-    result.paths = write_case(image, result, out_dir)
+    result.paths = write_case(image, result, out_dir, formats=case_formats(formats, image))
     return result
-
-
-def segment_files(
-    inputs: Iterable[str | Path],
-    out_dir: str | Path,
-    *,
-    checkpoint: str | Path = "pretrained",
-    tta: bool = False,
-    batch_size: int = 8,
-    device: str = "auto",
-    backend: str = "torch",
-    intensity: str | None = None,
-    framing: str | None = None,
-    progress: bool = False,
-) -> list[BurdenReport]:
-    """``covseg segment``: every input (files, DICOM folders, folders of them) into ``out_dir``.
-
-    The checkpoint and the list of inputs are checked before any case runs; cases then run one
-    after the other, each written completely or not at all (:func:`write_case`). The first bad
-    case stops the run (the cases before it stay, complete).
-
-    Args:
-        inputs: paths given on the command line.
-        out_dir: output folder.
-        checkpoint: a checkpoint path, or ``"pretrained"`` for the shipped model.
-        tta: flip test-time augmentation.
-        batch_size: slices per forward pass.
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        backend: how the network runs (:data:`~covseg.inference.predict.BACKENDS`).
-        intensity: the intensity rule for every input (``"auto"``: told per scan); ``None``:
-            the checkpoint's.
-        framing: ``"full"`` or ``"lungs"`` (:mod:`covseg.inference.framing`); ``None``: the
-            checkpoint's.
-        progress: one tqdm bar per case on stderr.
-
-    Returns:
-        The reports, in input order.
-
-    Raises:
-        DataError: a missing input, a folder with nothing readable, two inputs with one case
-            name, or a bad case.
-        CheckpointError: the checkpoint fails its checks or has no lung head.
-    """
-    paths = [p for given in inputs for p in find_inputs(given)]
-    if not paths:
-        raise DataError("no input given")
-    seen: dict[str, Path] = {}
-    for p in paths:
-        name = case_name(p)
-        if name in seen and seen[name] != p:
-            raise DataError(f"{p}: same case name {name!r} as {seen[name]}; outputs would collide")
-        seen[name] = p
-    paths = list(dict.fromkeys(paths))
-    seg = Segmenter.from_checkpoint(
-        checkpoint,
-        device=device,
-        batch_size=batch_size,
-        tta=tta,
-        backend=backend,
-        intensity=intensity,
-        framing=framing,
-    )
-    seg.require_lung_head()
-    created = not Path(out_dir).exists()
-    check_output_dir(out_dir, [Path(p) for p in inputs], len(paths))
-    reports = []
-    try:
-        for p in paths:
-            result = segment_file(seg, p, out_dir, progress=progress)
-            log.debug("%s -> %s", p, result.paths["report"])
-            reports.append(result.report)
-    finally:
-        if created and not reports:
-            with contextlib.suppress(OSError):  # only if nothing else was put there
-                os.rmdir(out_dir)
-    return reports
 
 
 def format_summary(reports: Sequence[BurdenReport]) -> str:

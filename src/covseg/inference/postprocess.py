@@ -22,6 +22,7 @@ box instead of a dilation whose cost grows with the radius; one labelling call p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -34,6 +35,7 @@ from covseg.inference.predict import Probabilities
 __all__ = [
     "Masks",
     "component_sizes",
+    "estimate_counts",
     "masks_from_probabilities",
     "near_lungs",
     "postprocess",
@@ -189,3 +191,24 @@ def postprocess(
     """
     lung, inf = resize_probabilities(probs, shape_hw)
     return masks_from_probabilities(lung, inf, post, model_size)
+
+
+def estimate_counts(
+    probs: Probabilities, post: PostProcessing, thresholds: Sequence[float], size: int
+) -> tuple[float, list[int]]:
+    """The burden estimate's sums over a batch of slices: calibrated infection probabilities
+    summed over the lungs (lung probability >= ``post.lung_threshold``), and the infection-mask
+    voxels at each of ``thresholds`` (the interval's; ``post`` otherwise). Zeros without a lung
+    head: there are no lungs to sum over."""
+    if probs.lung is None:
+        return 0.0, [0] * len(thresholds)
+    expected = float(probs.infection[probs.lung >= post.lung_threshold].sum())
+    counts = [
+        int(
+            np.count_nonzero(
+                masks_from_probabilities(*probs, post.replace(threshold=t), size).infection
+            )
+        )
+        for t in thresholds
+    ]
+    return expected, counts

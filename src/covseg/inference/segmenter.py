@@ -18,7 +18,7 @@ segmenter, never the other way round.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,10 +32,11 @@ from covseg.data.geometry import canonical_spacing, canonical_view, voxel_volume
 from covseg.data.io import MAX_SIDE, Image, check_affine
 from covseg.data.preprocess import INTENSITY_RULES, detect_intensity_rule, normalize_intensity
 from covseg.errors import CheckpointError, DataError
+from covseg.inference.arrays import ARRAY_PATH, array_slices
 from covseg.inference.burden import BurdenEstimate, BurdenReport, burden_report
 from covseg.inference.calibration import calibrate
 from covseg.inference.framing import framed_probabilities
-from covseg.inference.postprocess import Masks, masks_from_probabilities
+from covseg.inference.postprocess import Masks, estimate_counts, masks_from_probabilities
 from covseg.inference.predict import Predictor, Probabilities
 from covseg.meta import CheckpointMeta
 
@@ -213,7 +214,12 @@ class Segmenter:
             raise DataError(f"{path}: {err}") from None
 
     def probabilities(
-        self, slices: np.ndarray, *, rule: str, progress: str | None = None
+        self,
+        slices: np.ndarray,
+        *,
+        rule: str,
+        progress: str | None = None,
+        check: Callable[[], None] | None = None,
     ) -> Iterator[tuple[int, Probabilities]]:
         """Steps 1-2 of the module docstring, batch by batch: ``(first slice index, head
         probabilities at the slices' own (H, W))`` for raw canonical ``(N, H, W)`` slices.
@@ -222,6 +228,7 @@ class Segmenter:
             slices: intensities as read (HU or 8-bit).
             rule: intensity rule (:meth:`intensity_rule`).
             progress: a tqdm bar on stderr with this label.
+            check: called before each batch (it may raise to stop).
         """
         from tqdm.auto import tqdm
 
@@ -231,6 +238,8 @@ class Segmenter:
             total=n, desc=progress, unit="slice", disable=progress is None, leave=False
         ) as bar:
             for i in range(0, n, step):
+                if check is not None:
+                    check()
                 raw = np.ascontiguousarray(slices[i : i + step])
                 yield i, self.framed(normalize_intensity(raw, rule))
                 bar.update(len(raw))
@@ -254,10 +263,12 @@ class Segmenter:
         *,
         rule: str,
         progress: str | None = None,
+        check: Callable[[], None] | None = None,
     ) -> BurdenEstimate | None:
         """Fill ``out_lung``/``out_inf`` (``(N, H, W)``, views allowed) from raw canonical
         ``(N, H, W)`` slices (steps 1-3 of the module docstring); ``out_lung`` gets zeros for a
-        model without a lung head.
+        model without a lung head. ``check`` is called before each batch: what it raises stops
+        the work there (a server's shutdown or time budget).
 
         Returns:
             With a calibrated checkpoint, the expected infected voxels (calibrated infection
@@ -265,25 +276,22 @@ class Segmenter:
             (:class:`~covseg.config.Calibration`); else ``None``.
         """
         cal = self.calibration
-        calibrated = self.meta.calibrated
-        expected, bounds = 0.0, [0, 0]
-        for i, probs in self.probabilities(slices, rule=rule, progress=progress):
+        thresholds = tuple(cal.interval_thresholds or ())
+        expected, bounds = 0.0, [0] * len(thresholds)
+        for i, probs in self.probabilities(slices, rule=rule, progress=progress, check=check):
             masks = masks_from_probabilities(*probs, self.post, self.size)
             k = len(masks.infection)
             out_lung[i : i + k] = 0 if masks.lung is None else masks.lung
             out_inf[i : i + k] = masks.infection
-            if not calibrated or probs.lung is None:
-                continue
-            expected += float(probs.infection[probs.lung >= self.post.lung_threshold].sum())
-            for j, t in enumerate(cal.interval_thresholds or ()):
-                post = self.post.replace(threshold=t)
-                bounds[j] += int(
-                    np.count_nonzero(masks_from_probabilities(*probs, post, self.size).infection)
+            if self.meta.calibrated:
+                e, counts = estimate_counts(probs, self.post, thresholds, self.size)
+                expected, bounds = (
+                    expected + e,
+                    [a + b for a, b in zip(bounds, counts, strict=True)],
                 )
-        if not calibrated:
+        if not self.meta.calibrated:
             return None
-        interval = None if cal.interval_thresholds is None else (bounds[1], bounds[0])
-        return BurdenEstimate(expected, interval, cal)
+        return BurdenEstimate(expected, (bounds[1], bounds[0]) if thresholds else None, cal)
 
     def segment_prepared(self, images01: np.ndarray) -> Masks:
         """Masks of slices already normalised (a prepared dataset's ``(N, S', S')`` images in
@@ -329,33 +337,18 @@ class Segmenter:
             CheckpointError: a model without a lung head.
         """
         volume = np.asarray(volume)
-        if volume.ndim not in (2, 3) or volume.size == 0:
-            raise DataError(f"<array>: expected a 2-D or 3-D array, got shape {volume.shape}")
-        if affine is not None:
-            affine = np.asarray(affine, dtype=np.float64)
-            if volume.ndim != 3 or affine.shape != (4, 4) or spacing is not None:
-                raise DataError("<array>: an affine needs a 3-D (X, Y, Z) array and no spacing")
-            affine = check_affine(Path("<array>"), affine)
-            return self.predict_image(Image(volume, affine, "array", Path("<array>")), progress)
-        if spacing is not None:
-            if len(spacing) != volume.ndim:
-                raise DataError(
-                    f"<array>: spacing {tuple(spacing)} does not fit shape {volume.shape}"
-                )
-            if not all(np.isfinite(float(s)) and float(s) > 0 for s in spacing):
-                raise DataError(f"<array>: spacing {tuple(spacing)} must be finite and positive")
-        if volume.ndim == 2:
-            view = volume[None]
-            mm = None if spacing is None else (float(spacing[0]), float(spacing[1]), None)
-        else:
-            view = volume
-            mm = None if spacing is None else tuple(float(s) for s in (*spacing[1:], spacing[0]))
-        voxel_ml = None if mm is None or mm[2] is None else mm[0] * mm[1] * mm[2] / 1000.0
-        return self._predict(view, volume.shape, Path("<array>"), mm, voxel_ml, progress)
+        found = array_slices(volume, spacing, affine)
+        if isinstance(found, Image):
+            return self.predict_image(found, progress)
+        view, mm, voxel_ml = found
+        return self._predict(view, volume.shape, ARRAY_PATH, mm, voxel_ml, progress)
 
-    def predict_image(self, image: Image, progress: bool = False) -> SegmentResult:
+    def predict_image(
+        self, image: Image, progress: bool = False, check: Callable[[], None] | None = None
+    ) -> SegmentResult:
         """Segment an :class:`~covseg.data.io.Image` (what :func:`~covseg.data.io.read_image`
-        returns); masks come back in ``image.array``'s shape and voxel order.
+        returns); masks come back in ``image.array``'s shape and voxel order. ``check``: as
+        :meth:`segment_slices`'.
 
         Raises:
             DataError: NaN/inf values, an intensity range that fits neither rule, a degenerate
@@ -375,6 +368,7 @@ class Segmenter:
             voxel_volume_ml(image),
             progress,
             image=image,
+            check=check,
         )
 
     def _predict(
@@ -386,6 +380,7 @@ class Segmenter:
         voxel_ml: float | None,
         progress: bool,
         image: Image | None = None,
+        check: Callable[[], None] | None = None,
     ) -> SegmentResult:
         self.require_lung_head()
         rule = self.intensity_rule(slices, path)
@@ -400,7 +395,7 @@ class Segmenter:
             infection = np.zeros(shape, dtype=np.uint8)
             views = lungs.reshape(slices.shape), infection.reshape(slices.shape)
         estimate = self.segment_slices(
-            slices, *views, rule=rule, progress=path.name if progress else None
+            slices, *views, rule=rule, progress=path.name if progress else None, check=check
         )
         report = burden_report(
             *views,

@@ -54,6 +54,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from covseg._version import __version__
+from covseg.data.io.archive import extract_zip, inspect_zip
 from covseg.errors import CovsegError
 from covseg.serve.config import ServeConfig, is_loopback
 from covseg.serve.jobs import DEMO_NAME, VIEW_FILES, Job, JobQueue
@@ -65,7 +66,6 @@ from covseg.serve.uploads import (
     UploadError,
     case_for,
     display_name,
-    extract_dicom_zip,
     receive,
     sniff,
     too_large,
@@ -199,9 +199,13 @@ def _accept(jobs: JobQueue, job_id: str, folder: Path, given: str, raw: Path) ->
     if kind == "zip":
         source = folder / "dicom"
         config = jobs.config
-        entries = extract_dicom_zip(
-            raw, source, max_bytes=config.max_unzipped_bytes, max_files=config.max_zip_files
-        )
+        plan = inspect_zip(raw, max_bytes=config.max_unzipped_bytes, max_files=config.max_zip_files)
+        if plan.images:
+            raise UploadError(
+                f"the zip holds {len(plan.images)} NIfTI/PNG/JPEG file(s); the viewer takes a "
+                "zip of one DICOM series (upload those files one by one)"
+            )
+        entries = extract_zip(plan, source)
         raw.unlink()
     else:
         source = folder / INPUT_NAMES[kind]

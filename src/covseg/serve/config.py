@@ -7,6 +7,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from covseg.data.io.archive import MAX_UNZIPPED_BYTES, MAX_ZIP_FILES
 from covseg.errors import CovsegError
 
 __all__ = ["ServeConfig", "is_loopback"]
@@ -27,6 +28,8 @@ class ServeConfig:
         max_zip_files: the most files a zipped DICOM series may hold.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (as ``covseg segment``).
         batch_size: slices per forward pass (as ``covseg segment``).
+        job_timeout: seconds a job may run; a longer one is stopped between two batches of
+            slices, and fails with a message saying so.
 
     Raises:
         CovsegError: a port outside ``0..65535`` or a non-positive limit.
@@ -37,18 +40,20 @@ class ServeConfig:
     checkpoint: str = "pretrained"
     data_dir: str | Path | None = None
     max_upload_bytes: int = 2048 << 20
-    max_unzipped_bytes: int = 4 << 30
-    max_zip_files: int = 10_000
+    max_unzipped_bytes: int = MAX_UNZIPPED_BYTES
+    max_zip_files: int = MAX_ZIP_FILES
     device: str = "auto"
     batch_size: int = 8
+    job_timeout: float = 600.0
 
     def __post_init__(self) -> None:
         if self.data_dir is not None:
             object.__setattr__(self, "data_dir", Path(self.data_dir))
         if not 0 <= self.port <= 65535:
             raise CovsegError(f"--port {self.port}: must be 0..65535")
-        for name in ("max_upload_bytes", "max_unzipped_bytes", "max_zip_files", "batch_size"):
-            if getattr(self, name) < 1:
+        names = ("max_upload_bytes", "max_unzipped_bytes", "max_zip_files", "batch_size")
+        for name in (*names, "job_timeout"):
+            if not getattr(self, name) >= 1:  # NaN too
                 raise CovsegError(f"{name} must be positive, got {getattr(self, name)}")
 
     def replace(self, **changes: object) -> ServeConfig:

@@ -12,6 +12,14 @@ name is generated) and the upload's name as the report's ``input``.
 A job's folder (``<root>/<job id>/``) holds its stored upload, ``out/`` (``segment``'s files) and
 ``view/`` (the viewer's arrays, :mod:`covseg.serve.display`). A failed job's folder is removed whole:
 nothing partial is kept, and the failure stays listed with its one-line message.
+
+Stopping: a job is stopped between two batches of slices (the check that
+:meth:`Segmenter.predict_image <covseg.inference.segmenter.Segmenter.predict_image>` calls
+before each batch, and between the job's stages) when the server shuts down or when it has run
+longer than ``job_timeout``; it then fails like any other job. The worker is not a daemon
+thread: Python 3.11 ends a daemon thread that is inside torch at interpreter exit by unwinding
+it through C++ code, which aborts the process ("terminate called without an active exception",
+SIGABRT); so the exit waits for the worker, which stops within one batch.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +41,7 @@ from covseg.serve.config import ServeConfig
 if TYPE_CHECKING:  # the worker imports it (with numpy and nibabel) once the server answers
     from covseg.serve.display import DisplayVolumes
 
-__all__ = ["DEMO_NAME", "VIEW_FILES", "Job", "JobQueue"]
+__all__ = ["DEMO_NAME", "VIEW_FILES", "Job", "JobQueue", "JobStopped"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +50,11 @@ DEMO_NAME = "demo_phantom.nii.gz"
 _DEMO = {"seed": 7, "slices": 12, "size": 128}
 #: The viewer's files of a done job: URL name -> :class:`DisplayVolumes` attribute.
 VIEW_FILES = {"ct.raw": "ct", "labels.raw": "labels"}
+
+
+class JobStopped(CovsegError):
+    """A job stopped between two batches: the server is shutting down, or the job ran past its
+    time budget."""
 
 
 @dataclass
@@ -110,13 +124,17 @@ class JobQueue:
     """Jobs by id, in submission order, and the worker thread that runs them.
 
     Args:
-        config: the server's settings (checkpoint, device, batch size).
+        config: the server's settings (checkpoint, device, batch size, time budget).
         root: where job folders are made.
+        clock: seconds for the time budget (``time.monotonic``; tests pass their own).
     """
 
-    def __init__(self, config: ServeConfig, root: Path) -> None:
+    def __init__(
+        self, config: ServeConfig, root: Path, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.config = config
         self.root = root
+        self._clock = clock
         self.model_state = "loading"
         self.model_error: str | None = None
         self._jobs: dict[str, Job] = {}
@@ -124,15 +142,23 @@ class JobQueue:
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._segmenter: Any = None
         self._running: Job | None = None
-        self._thread = threading.Thread(target=self._work, name="covseg-serve-worker", daemon=True)
+        self._stopping = threading.Event()
+        # Not a daemon: see the module docstring (the exit waits for it, one batch at most).
+        self._thread = threading.Thread(target=self._work, name="covseg-serve-worker")
 
     # ---------------------------------------------------------------------- the server side
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Drop the queued cases and give the running one up to ``timeout`` s to finish (the
-        worker is a daemon thread: one still loading the model does not hold the exit up)."""
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Drop the queued cases, stop the running one at its next batch (it fails, its folder
+        removed) and wait up to ``timeout`` s for the worker to end.
+
+        Returns:
+            Whether the worker has ended (else it ends at its next check; the process's exit
+            waits for it).
+        """
+        self._stopping.set()
         with self._lock:
             dropped = [job for job in self._jobs.values() if job.state == "queued"]
             for job in dropped:
@@ -140,8 +166,9 @@ class JobQueue:
         for job in dropped:  # their uploads too: nothing partial is kept (--data-dir)
             shutil.rmtree(job.folder, ignore_errors=True)
         self._queue.put(None)
-        if self._running is not None:
+        if self._thread.is_alive():
             self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def new_folder(self) -> tuple[str, Path]:
         """A fresh job id and its private folder (created, mode 0700)."""
@@ -178,7 +205,7 @@ class JobQueue:
     def _work(self) -> None:
         self._load_model()
         while (job := self._queue.get()) is not None:
-            if job.state == "queued":
+            if job.state == "queued" and not self._stopping.is_set():
                 self._run(job)
 
     def _load_model(self) -> None:
@@ -231,20 +258,40 @@ class JobQueue:
         from covseg.inference.outputs import write_case
         from covseg.serve.display import display_volumes
 
+        check = self._check(job)
         if job.source is None:
             self._set(job, stage="making the demo phantom")
             self._set(job, source=_make_demo(job.folder))
         self._set(job, stage="reading")
         image = read_image(job.source)
+        check()
         n = canonical_view(image.array, image).shape[0]
         self._set(job, stage=f"segmenting {n} slice{'s' if n > 1 else ''}")
-        result = self._segmenter.predict_image(image)
+        result = self._segmenter.predict_image(image, check=check)
         result.report = result.report.replace(case=job.case, input=job.name)
         self._set(job, stage="writing the outputs")
         written = write_case(image, result, job.folder / "out")
+        check()
         self._set(job, stage="preparing the viewer")
         display = display_volumes(image, result.lungs, result.infection, job.folder / "view")
         return {"report": result.report.to_dict(), "downloads": written, "display": display}
+
+    def _check(self, job: Job) -> Callable[[], None]:
+        """What the job calls between batches and stages: raises :class:`JobStopped` once the
+        server is stopping or the job's time budget is spent."""
+        budget = self.config.job_timeout
+        deadline = self._clock() + budget
+
+        def check() -> None:
+            if self._stopping.is_set():
+                raise JobStopped("stopped: the server is shutting down")
+            if self._clock() > deadline:
+                raise JobStopped(
+                    f"stopped after {budget:g} s, the server's time limit per case "
+                    "(covseg serve --job-timeout)"
+                )
+
+        return check
 
     def _fail(self, job: Job, message: str) -> None:
         shutil.rmtree(job.folder, ignore_errors=True)  # nothing partial is kept

@@ -17,7 +17,7 @@ import torch
 from covseg.checkpoint import load_checkpoint, save_checkpoint
 from covseg.errors import CheckpointError
 
-__all__ = ["average_snapshots"]
+__all__ = ["average_run", "average_snapshots"]
 
 
 def average_snapshots(
@@ -66,3 +66,49 @@ def average_snapshots(
     model.eval()
     names = [Path(p).name for p in snapshots]
     return save_checkpoint(out, model, meta.replace(metrics={**meta.metrics, "swa_of": names}))
+
+
+def average_run(
+    run_dir: str | Path,
+    data_roots: str | Path | Sequence[str | Path],
+    *,
+    last: int | None = None,
+    name: str = "swa",
+    batch_size: int = 8,
+) -> Path:
+    """Average a training run's kept snapshots (``epochNNN.safetensors``) into
+    ``run_dir/<name>.safetensors``, batch norm recomputed on the run's own training cases.
+
+    Args:
+        run_dir: a run folder of ``covseg train``/``cv`` trained with ``--keep-epochs``.
+        data_roots: the prepared dataset(s) it was trained on (its training cases are read
+            from them, by the ids its metadata records).
+        last: average only the last ``last`` snapshots (default: all kept).
+        name: the averaged checkpoint's name in ``run_dir``.
+        batch_size: slices per forward pass of the batch-norm pass.
+
+    Returns:
+        The averaged checkpoint's path.
+
+    Raises:
+        CheckpointError: fewer than two snapshots, or no training cases in the metadata.
+        DataError: a training case missing from ``data_roots``.
+    """
+    from covseg.checkpoint import read_meta
+    from covseg.data.dataset import open_prepared
+
+    run_dir = Path(run_dir)
+    snaps = sorted(run_dir.glob("epoch[0-9][0-9][0-9].safetensors"))
+    if last is not None:
+        snaps = snaps[-last:] if last > 0 else []
+    if len(snaps) < 2:
+        raise CheckpointError(
+            f"{run_dir}: {len(snaps)} epoch snapshot(s); weight averaging needs two or more "
+            "(train with --keep-epochs N)"
+        )
+    meta = read_meta(snaps[-1].with_suffix(".json"))
+    if not meta.data.train_cases:
+        raise CheckpointError(f"{snaps[-1]}: its metadata names no training cases")
+    data = open_prepared(data_roots)
+    images = np.concatenate([data.load(c)["image"] for c in meta.data.train_cases])
+    return average_snapshots(snaps, images, run_dir / f"{name}.safetensors", batch_size=batch_size)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from covseg.data.io.magic import HEAD_BYTES, dicom_start
 from covseg.errors import DataError
 
 __all__ = [
@@ -44,9 +45,11 @@ PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: Largest slice side accepted (pixels). Larger pictures are refused with a clear message rather
 #: than costing gigabytes: chest CT is 512-1024 px; downsample anything larger first.
 MAX_SIDE = 4096
-#: Memory budget: the most voxels one image may hold (2**30: 2 GiB as int16, 4 GiB as float32,
-#: e.g. 2048 slices of 512x1024). Checked against the header before any voxel is read.
-MAX_VOXELS = 2**30
+#: Memory budget: the most 2-byte (int16) voxels one image may hold, 512x512x640; with its two
+#: uint8 masks that is 640 MiB, and ``covseg segment`` peaks under 1.3 GB (BENCHMARKS.md,
+#: round three). Wider voxels get proportionally fewer (:func:`check_size`). Checked against the
+#: header before any voxel is read.
+MAX_VOXELS = 512 * 512 * 640
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -63,6 +66,8 @@ class Image:
         disk_shape: the shape stored in a NIfTI file (``(X, Y, Z, 1)`` where the reader dropped a
             trailing singleton axis), so masks are written with the input's own dims; ``None``
             otherwise.
+        sources: a DICOM series' slice files in the order of ``array``'s Z axis (what a
+            DICOM-SEG references); ``None`` otherwise.
     """
 
     array: np.ndarray
@@ -71,6 +76,7 @@ class Image:
     path: Path
     header: Any = None
     disk_shape: tuple[int, ...] | None = None
+    sources: tuple[Path, ...] | None = None
 
     @property
     def spacing(self) -> tuple[float, ...]:
@@ -89,11 +95,13 @@ def is_picture(path: Path) -> bool:
 
 
 def looks_like_dicom(path: Path) -> bool:
-    """``path`` holds DICOM's ``DICM`` magic at byte 128 (whatever its suffix)."""
+    """``path`` starts like DICOM (whatever its suffix): the ``DICM`` marker after the 128-byte
+    preamble, or a plausible first element of a raw dataset
+    (:func:`~covseg.data.io.magic.dicom_start`). Reads at most 544 bytes, so junk is told apart
+    in microseconds, before pydicom's forgiving ``force=True`` parse could spend seconds on it."""
     try:
         with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
+            return dicom_start(f.read(HEAD_BYTES), os.fstat(f.fileno()).st_size)
     except OSError:
         return False
 
@@ -154,16 +162,20 @@ def _special_kind(mode: int) -> str:
     return "not a file or folder"
 
 
-def check_size(path: Path, shape: tuple[int, ...], plane: tuple[int, int]) -> None:
+def check_size(
+    path: Path, shape: tuple[int, ...], plane: tuple[int, int], itemsize: int = 2
+) -> None:
     """Refuse an image too large for covseg, from its claimed shape alone (before allocating).
 
     Args:
         path: named in the error.
         shape: the full shape the file claims.
         plane: ``(rows, columns)`` of one slice (or picture).
+        itemsize: bytes per voxel while it is read (stored and converted together).
 
     Raises:
-        DataError: a slice side above :data:`MAX_SIDE`, or more than :data:`MAX_VOXELS` voxels.
+        DataError: a slice side above :data:`MAX_SIDE`, or more voxels than fit the memory
+            budget: ``MAX_VOXELS * 4`` bytes for the voxels and their two uint8 masks.
     """
     if max(plane) > MAX_SIDE:
         raise DataError(
@@ -171,10 +183,13 @@ def check_size(path: Path, shape: tuple[int, ...], plane: tuple[int, int]) -> No
             "limit; downsample the image first"
         )
     voxels = math.prod(shape)
-    if voxels > MAX_VOXELS:
+    budget = MAX_VOXELS * 4 // (itemsize + 2)
+    if voxels > budget:
         dims = "x".join(str(n) for n in shape)
         raise DataError(
-            f"{path}: {dims} = {voxels} voxels exceed covseg's memory budget of {MAX_VOXELS} voxels"
+            f"{path}: {dims} = {voxels} voxels exceed covseg's memory budget of {budget} voxels "
+            f"of {itemsize} bytes ({MAX_VOXELS} as int16, e.g. 512x512x640); crop or downsample "
+            "the scan first"
         )
 
 

@@ -9,6 +9,7 @@ slice.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from pathlib import Path
@@ -16,11 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from covseg.data.io.common import Image, check_size, quiet_reading
+from covseg.data.io.common import Image, check_size, looks_like_dicom, quiet_reading
 from covseg.data.io.folders import list_folder, log_skipped
 from covseg.errors import DataError
 
 __all__ = ["read_dicom_series"]
+
+log = logging.getLogger(__name__)
 
 #: Header elements larger than this stay on disk until the pixels are decoded (pydicom).
 _DEFER = "16 KB"
@@ -50,8 +53,9 @@ def read_dicom_series(folder: Path) -> Image:
     log_skipped(folder, listing)
     if not listing.files:
         raise DataError(f"{folder}: empty folder")
+    files = _dicom_files(folder, listing.files)
     with quiet_reading("pydicom"):  # pydicom warns (and logs) about any odd tag it reads
-        headers = [ds for ds in map(_read_header, listing.files) if ds is not None]
+        headers = [ds for ds in map(_read_header, files) if ds is not None]
         if not headers:
             raise DataError(f"{folder}: no DICOM image slices found")
         _check_one_series(folder, headers)
@@ -74,7 +78,30 @@ def read_dicom_series(folder: Path) -> Image:
     lps[:3, 3] = positions[0]
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # LPS -> RAS
     # (Z, rows, cols) -> (cols, rows, Z): X runs along a row, like nibabel's voxel order.
-    return Image(volume.transpose(2, 1, 0), affine, "dicom", folder)
+    sources = tuple(Path(_name(ds)) for ds in headers)  # what a DICOM-SEG references
+    return Image(volume.transpose(2, 1, 0), affine, "dicom", folder, sources=sources)
+
+
+def _dicom_files(folder: Path, files: list[Path]) -> list[Path]:
+    """The files that start like DICOM (:func:`~covseg.data.io.common.looks_like_dicom`: a few
+    hundred bytes read each), so that pydicom's ``force=True`` never parses junk (a 40 MB file
+    of zeros took it 42 s); the others (a ``preview.png``, a NIfTI, a README) are skipped with
+    one ``log.info`` line.
+
+    Raises:
+        DataError: no file starts like DICOM, naming one of them.
+    """
+    dicom = [p for p in files if looks_like_dicom(p)]
+    chosen = set(dicom)
+    others = [p.name for p in files if p not in chosen]
+    if not dicom:
+        raise DataError(
+            f"{folder}: no DICOM image slices found ({len(others)} file(s) without DICOM data, "
+            f"e.g. {others[0]})"
+        )
+    if others:
+        log.info("%s: skipped %d file(s) without DICOM data (%s)", folder, len(others), others[0])
+    return dicom
 
 
 def _read_header(path: Path) -> Any:
@@ -86,7 +113,17 @@ def _read_header(path: Path) -> Any:
         ds = pydicom.dcmread(path, force=True, defer_size=_DEFER)
     except Exception as err:
         raise DataError(f"{path}: unreadable DICOM ({type(err).__name__}: {err})") from None
-    return ds if "PixelData" in ds else None
+    if "PixelData" not in ds:
+        return None
+    if "TransferSyntaxUID" not in ds.file_meta:  # a raw dataset: say how it was encoded
+        from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+        implicit, little = ds.original_encoding
+        if little:
+            ds.file_meta.TransferSyntaxUID = (
+                ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+            )
+    return ds
 
 
 def _name(ds: Any) -> str:

@@ -77,12 +77,22 @@ def log_skipped(folder: Path, listing: Listing) -> None:
 def find_inputs(path: str | Path) -> list[Path]:
     """The image inputs under ``path``, in natural sort order.
 
+    Every kind of input in a folder is found, none hides another: its NIfTI and PNG/JPG files,
+    its sub-folders that hold DICOM files, and the folder itself when DICOM files sit directly in
+    it -- then it is one more input (a DICOM series case named after the folder) beside the
+    others, so a 4-slice series next to a ``preview.png`` gives two cases, ``<folder>`` and
+    ``preview``, with one ``log.info`` line saying so. A file counts as DICOM by its content
+    (:func:`~covseg.data.io.common.looks_like_dicom`); a folder holding only ``.dcm`` files of
+    other content is still handed to the DICOM reader, which names them. Zip files in a folder
+    are not opened (give them by name: ``covseg segment x.zip``); one ``log.info`` line names
+    them.
+
     Hidden files (``.DS_Store``, macOS AppleDouble ``._scan.nii.gz``) and FIFOs, sockets or
     devices in a folder are skipped, with one ``log.info`` line saying so.
 
     Args:
         path: a NIfTI/PNG/JPG file, a DICOM series folder, or a folder holding NIfTI/PNG/JPG
-            files and/or DICOM series sub-folders.
+            files, DICOM series sub-folders and/or the DICOM files of one series.
 
     Returns:
         Files and DICOM folders that :func:`~covseg.data.io.read_image` accepts.
@@ -97,8 +107,23 @@ def find_inputs(path: str | Path) -> list[Path]:
     log_skipped(path, listing)
     found = [p for p in listing.files if is_nifti(p) or is_picture(p)]
     found += [p for p in listing.folders if _has_dicom(p)]
-    if not found and _has_dicom(path):
-        return [path]
+    zips = [p.name for p in listing.files if p.suffix.lower() == ".zip"]
+    if zips:
+        log.info(
+            "%s: %d zip file(s) not opened (e.g. %s); give them by name", path, len(zips), zips[0]
+        )
+    series = [
+        p for p in listing.files if not (is_nifti(p) or is_picture(p)) and looks_like_dicom(p)
+    ]
+    if series and found:
+        log.info(
+            "%s: %d DICOM file(s) beside %d other input(s): the folder is a case of its own",
+            path,
+            len(series),
+            len(found),
+        )
+    if series or (not found and _has_dicom(path)):
+        return [path, *sorted(found, key=lambda p: natural_key(p.name))]
     if not found:
         raise DataError(f"{path}: no NIfTI, PNG/JPG or DICOM input found")
     return sorted(found, key=lambda p: natural_key(p.name))

@@ -6,6 +6,13 @@ header and stored shape.
 Voxel order: ``(X, Y, Z)`` as nibabel returns it, the affine mapping voxel indices to world RAS
 millimetres; trailing singleton axes (``(X, Y, Z, 1)``) are dropped and recorded in
 :attr:`~covseg.data.io.common.Image.disk_shape`.
+
+Units: the header's spatial unit (``xyzt_units``) is honoured: metres and micrometres are
+converted to millimetres in :attr:`~covseg.data.io.common.Image.affine` (so volumes in mL are
+right), and refused when the converted voxel size is no CT's (then the unit code is wrong, and
+converting would be unsafe); unit code 0 ("unknown", what nibabel writes by default) keeps the
+common assumption of millimetres. Masks are written back with the input's own header and
+affine, in its own units.
 """
 
 from __future__ import annotations
@@ -28,11 +35,22 @@ from covseg.data.io.common import (
 )
 from covseg.errors import DataError
 
-__all__ = ["GZIP_MAX_RATIO", "nifti_shape", "read_nifti", "write_nifti_labels"]
+__all__ = [
+    "GZIP_MAX_RATIO",
+    "PLAUSIBLE_VOXEL_MM",
+    "nifti_shape",
+    "read_nifti",
+    "write_nifti_labels",
+]
 
 #: Deflate cannot expand data more than ~1032:1, so a ``.nii.gz`` whose header claims more than
 #: this many times the compressed size is truncated or forged (checked before decompressing).
 GZIP_MAX_RATIO = 1032
+#: ``xyzt_units`` spatial code -> (name, millimetres per unit); 0 is "unknown", taken as mm.
+_MM_PER_UNIT = {0: ("unknown", 1.0), 1: ("m", 1000.0), 2: ("mm", 1.0), 3: ("µm", 0.001)}
+#: Voxel sides (mm) a CT may have once a metre or micrometre header is converted; outside, the
+#: unit code is taken to be wrong and the file is refused rather than measured 10**9 times off.
+PLAUSIBLE_VOXEL_MM = (0.01, 100.0)
 
 
 def nifti_shape(path: str | Path) -> tuple[int, ...]:
@@ -104,12 +122,44 @@ def _check_nifti_header(
         raise DataError(f"{path}: unsupported voxel type {proxy.dtype} (expected a grey-level CT)")
     if len(shape) != 3:
         raise DataError(f"{path}: expected a 3-D volume, got shape {disk_shape}")
-    affine = check_affine(path, img.affine)
+    affine = _in_mm(path, raw, check_affine(path, img.affine))
     _check_pixdim(path, raw)
-    check_size(path, shape, _in_plane(shape, affine))
+    # While read: the stored voxels, and the rescaled copy (at most float32) where scaled.
+    held = proxy.dtype.itemsize + (4 if _scaling(path, raw) is not None else 0)
+    check_size(path, shape, _in_plane(shape, affine), itemsize=held)
     data_end = int(proxy.offset) + math.prod(shape) * proxy.dtype.itemsize
     _check_claimed_bytes(path, data_end, file_size)
     return shape, affine
+
+
+def _in_mm(path: Path, raw: Any, affine: np.ndarray) -> np.ndarray:
+    """``affine`` in millimetres, from the spatial unit of ``xyzt_units`` (see the module
+    docstring).
+
+    Raises:
+        DataError: an undefined unit code, or a converted voxel side outside
+            :data:`PLAUSIBLE_VOXEL_MM`.
+    """
+    code = int(raw["xyzt_units"]) & 0x07
+    if code not in _MM_PER_UNIT:
+        raise DataError(
+            f"{path}: undefined spatial unit code {code} in xyzt_units (NIfTI: 1 = m, 2 = mm, "
+            "3 = µm)"
+        )
+    name, scale = _MM_PER_UNIT[code]
+    if scale == 1.0:
+        return affine
+    out = affine.copy()
+    out[:3, :] *= scale  # voxel axes and origin
+    sides = np.linalg.norm(out[:3, :3], axis=0)
+    lo, hi = PLAUSIBLE_VOXEL_MM
+    if sides.min() < lo or sides.max() > hi:
+        shown = " x ".join(f"{v:.3g}" for v in sides)
+        raise DataError(
+            f"{path}: voxels of {shown} mm once the header's unit ({name}, xyzt_units) is "
+            f"applied, outside a CT's {lo:g}..{hi:g} mm: is the unit wrong? (set it to mm)"
+        )
+    return out
 
 
 def _raw_header(img: Any, path: Path) -> Any:
@@ -217,6 +267,8 @@ def write_nifti_labels(labels: np.ndarray, ref: Image, path: Path) -> None:
         labels = labels.reshape(ref.disk_shape)  # (X, Y, Z) -> the input's (X, Y, Z, 1)
     affine = ref.affine if ref.affine is not None else np.eye(4)
     header = ref.header.copy() if ref.header is not None else None
+    if ref.kind == "nifti" and header is not None:
+        affine = header.get_best_affine()  # the file's own units (ref.affine is in mm)
     img = nib.Nifti1Image(labels, affine, header)
     img.set_data_dtype(np.uint8)
     img.header.set_slope_inter(1, 0)

@@ -1,6 +1,14 @@
 """2-D pictures (PNG, JPEG) through Pillow's plugins: read as ``(H, W)`` grey values (palette
 indices for label masks) after a size check on the header alone, and label masks written as
-PNG."""
+PNG.
+
+Orientation: an EXIF ``Orientation`` tag (a phone or camera picture of a screen, a JPEG
+exported "rotated" by a viewer) is applied on read (``PIL.ImageOps.exif_transpose``), so the
+array is the picture as every viewer displays it. Masks are written in that displayed
+orientation without an EXIF tag, so a mask and its picture line up on screen (and in covseg's
+overlay); for tags 2-8 a mask's pixels therefore follow the display, not the file's stored rows
+(for tags 5-8 its height is the stored width).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +21,9 @@ from covseg.data.io.common import Image, check_size, quiet_reading
 from covseg.errors import DataError
 
 __all__ = ["read_picture", "write_png_labels"]
+
+#: The EXIF tag that says how a picture is displayed (1 = as stored; 2-8 flips and turns).
+_ORIENTATION = 0x0112
 
 
 def read_picture(path: Path, *, labels: bool = False) -> Image:
@@ -32,7 +43,7 @@ def read_picture(path: Path, *, labels: bool = False) -> Image:
                 width, height = pic.size  # lazy: only the header is read so far
                 check_size(path, (height, width), (height, width))
                 pic.load()
-                array = _picture_array(pic, labels)
+                array = _picture_array(_upright(pic), labels)
         except DataError:
             raise
         except Exception as err:
@@ -54,6 +65,15 @@ def _open_picture(path: Path) -> Any:
     if magic.startswith(b"\xff\xd8\xff"):
         return JpegImagePlugin.JpegImageFile(str(path))
     raise DataError(f"{path}: unreadable picture (neither PNG nor JPEG data)")
+
+
+def _upright(pic: Any) -> Any:
+    """``pic`` turned as its EXIF ``Orientation`` tag says (itself when untagged or tag 1)."""
+    from PIL import ImageOps
+
+    if pic.getexif().get(_ORIENTATION, 1) in (1, None):
+        return pic
+    return ImageOps.exif_transpose(pic)
 
 
 def _picture_array(pic: Any, labels: bool) -> np.ndarray:

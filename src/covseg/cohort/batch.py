@@ -1,0 +1,111 @@
+"""Many small pictures through the network together: one forward pass for several cases.
+
+A folder of PNG slices is one case per picture; segmented one by one, each pays a forward pass
+of its own (and the framing's scout look). Here pictures of one shape and intensity rule are
+stacked into ``(N, H, W)`` canonical slices and go through the segmenter's public per-slice steps
+(:meth:`~covseg.inference.segmenter.Segmenter.framed`, then
+:func:`~covseg.inference.postprocess.masks_from_probabilities`) ``batch_size`` slices at a time;
+each picture then gets its own masks, calibrated estimate and
+:func:`~covseg.inference.burden.burden_report`. Every slice is framed and post-processed on its
+own (:mod:`covseg.inference.framing`), so the results equal those of
+:meth:`~covseg.inference.segmenter.Segmenter.predict_image` picture by picture (the tests compare
+them byte for byte).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from covseg.data.geometry import canonical_view
+from covseg.data.io import Image
+from covseg.data.preprocess import normalize_intensity
+from covseg.errors import CovsegError, DataError
+from covseg.inference.burden import BurdenEstimate, burden_report
+from covseg.inference.postprocess import estimate_counts, masks_from_probabilities
+from covseg.inference.predict import Probabilities
+from covseg.inference.segmenter import PIXELS_PER_BATCH, Segmenter, SegmentResult
+
+__all__ = ["segment_pictures"]
+
+
+def segment_pictures(seg: Segmenter, images: Sequence[Image]) -> list[SegmentResult | CovsegError]:
+    """Segment 2-D pictures, several per forward pass.
+
+    Args:
+        seg: the loaded model (with a lung head).
+        images: 2-D :class:`~covseg.data.io.Image` pictures (``affine=None``).
+
+    Returns:
+        Per picture, in order, its :class:`SegmentResult` (masks of the picture's shape), or
+        the error that stopped it (NaN values, an intensity range that fits no rule, ...).
+
+    Raises:
+        DataError: an image that is not a 2-D picture.
+    """
+    results: list[SegmentResult | CovsegError] = [DataError("not segmented")] * len(images)
+    groups: dict[tuple[tuple[int, ...], str], list[int]] = {}
+    views = []
+    for i, image in enumerate(images):
+        if image.array.ndim != 2:
+            raise DataError(f"{image.path}: segment_pictures takes 2-D pictures")
+        view = canonical_view(image.array, image)
+        views.append(view)
+        try:
+            rule = seg.intensity_rule(view, image.path)
+        except CovsegError as err:
+            results[i] = err
+            continue
+        groups.setdefault((view.shape[1:], rule), []).append(i)
+    for (hw, rule), idx in groups.items():
+        step = max(1, min(seg.predictor.batch_size, PIXELS_PER_BATCH // (hw[0] * hw[1])))
+        for k in range(0, len(idx), step):
+            part = idx[k : k + step]
+            raw = np.concatenate([views[i] for i in part])
+            probs = seg.framed(normalize_intensity(raw, rule))
+            for j, i in enumerate(part):
+                one = Probabilities(
+                    None if probs.lung is None else probs.lung[j : j + 1],
+                    probs.infection[j : j + 1],
+                )
+                results[i] = _result(seg, images[i], one, rule)
+    return results
+
+
+def _result(seg: Segmenter, image: Image, probs: Probabilities, rule: str) -> SegmentResult:
+    """One picture's masks and report from its ``(1, H, W)`` probabilities (what
+    :meth:`~covseg.inference.segmenter.Segmenter.segment_slices` and ``predict_image`` do for
+    one slice)."""
+    masks = masks_from_probabilities(*probs, seg.post, seg.size)
+    lungs = np.zeros_like(image.array, dtype=np.uint8, subok=False)
+    infection = np.zeros_like(image.array, dtype=np.uint8, subok=False)
+    lung_view, inf_view = canonical_view(lungs, image), canonical_view(infection, image)
+    lung_view[:] = 0 if masks.lung is None else masks.lung
+    inf_view[:] = masks.infection
+    report = burden_report(
+        lung_view,
+        inf_view,
+        spacing_mm=None,
+        voxel_ml=None,
+        shape=image.array.shape,
+        intensity_rule=rule,
+        postprocessing=seg.post,
+        tta=seg.tta,
+        framing=seg.framing,
+        model_size=seg.size,
+        model_id=seg.model_id,
+        estimate=_estimate(seg, probs),
+    )
+    return SegmentResult(lungs, infection, report)
+
+
+def _estimate(seg: Segmenter, probs: Probabilities) -> BurdenEstimate | None:
+    """The calibrated estimate of one picture (``None`` for an uncalibrated checkpoint), as
+    :meth:`~covseg.inference.segmenter.Segmenter.segment_slices` computes it."""
+    if not seg.meta.calibrated:
+        return None
+    cal = seg.calibration
+    thresholds = tuple(cal.interval_thresholds or ())
+    expected, counts = estimate_counts(probs, seg.post, thresholds, seg.size)
+    return BurdenEstimate(expected, (counts[1], counts[0]) if thresholds else None, cal)
