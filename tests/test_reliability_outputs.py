@@ -161,7 +161,13 @@ def test_write_error_mid_case_is_one_line_and_leaves_nothing(checkpoint, tmp_pat
     monkeypatch.setattr(outputs, "write_mask", full_disk)
     rc, lines, _ = _segment([scan], out, checkpoint)
     assert rc == 2 and len(lines) == 1 and "No space left" in lines[0], lines
-    # Nothing of the case: only the table's row and record of its failure.
+    # Nothing of the case; the run created --out and segmented nothing: no folder left.
+    assert not out.exists()
+    # Into an existing folder: the table's row and the record of the failure, nothing else.
+    out.mkdir()
+    calls.clear()
+    rc, lines, _ = _segment([scan], out, checkpoint)
+    assert rc == 2 and len(lines) == 1 and "No space left" in lines[0], lines
     assert sorted(p.name for p in out.iterdir()) == [".covseg-failed", "cohort.csv"]
     assert "No space left" in (out / "cohort.csv").read_text()
 
