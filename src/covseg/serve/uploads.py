@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from covseg.data.io.archive import display_name
-from covseg.data.io.magic import nifti_magic
+from covseg.data.io.magic import nifti_magic, stream_kind
 from covseg.errors import DataError
 
 __all__ = [
@@ -116,24 +116,19 @@ def sniff(path: Path) -> str:
             a PNG or JPEG picture, or a zip archive.
     """
     with open(path, "rb") as f:
+        kind = stream_kind(f, path.stat().st_size)  # what covseg reads, judged by content
+        f.seek(0)
         head = f.read(_HEAD)
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        return "zip"
+    if kind in INPUT_NAMES:
+        return kind
+    # Refused: say why, as precisely as the first bytes allow.
     if head.startswith(b"\x1f\x8b"):
         try:
             with gzip.open(path, "rb") as g:
                 inner = g.read(_HEAD)
         except (OSError, EOFError, zlib.error):
             raise UploadError("a damaged gzip file", status=415) from None
-        if nifti_magic(inner) == "single":
-            return "nifti-gz"
         raise UploadError(_not_nifti(inner, "a gzip file that holds no NIfTI image"), status=415)
-    if nifti_magic(head) == "single":
-        return "nifti"
     if len(head) >= 132 and head[128:132] == b"DICM":
         raise UploadError(
             "a single DICOM file; drop the folder of the whole series (or a zip of it)",
