@@ -22,7 +22,7 @@ from covseg.data.geometry import canonical_view
 from covseg.data.io import Image
 from covseg.data.preprocess import normalize_intensity
 from covseg.errors import CovsegError, DataError
-from covseg.inference.burden import BurdenEstimate, burden_report
+from covseg.inference.burden import BurdenEstimate
 from covseg.inference.postprocess import estimate_counts, masks_from_probabilities
 from covseg.inference.predict import Probabilities
 from covseg.inference.segmenter import PIXELS_PER_BATCH, Segmenter, SegmentResult
@@ -83,19 +83,8 @@ def _result(seg: Segmenter, image: Image, probs: Probabilities, rule: str) -> Se
     lung_view, inf_view = canonical_view(lungs, image), canonical_view(infection, image)
     lung_view[:] = 0 if masks.lung is None else masks.lung
     inf_view[:] = masks.infection
-    report = burden_report(
-        lung_view,
-        inf_view,
-        spacing_mm=None,
-        voxel_ml=None,
-        shape=image.array.shape,
-        intensity_rule=rule,
-        postprocessing=seg.post,
-        tta=seg.tta,
-        framing=seg.framing,
-        model_size=seg.size,
-        model_id=seg.model_id,
-        estimate=_estimate(seg, probs),
+    report = seg.report(
+        lung_view, inf_view, image.array.shape, rule, None, None, _estimate(seg, probs)
     )
     return SegmentResult(lungs, infection, report)
 

@@ -397,8 +397,24 @@ class Segmenter:
         estimate = self.segment_slices(
             slices, *views, rule=rule, progress=path.name if progress else None, check=check
         )
-        report = burden_report(
-            *views,
+        report = self.report(*views, shape, rule, mm, voxel_ml, estimate)
+        return SegmentResult(lungs, infection, report)
+
+    def report(
+        self,
+        lung_view: np.ndarray,
+        inf_view: np.ndarray,
+        shape: tuple[int, ...],
+        rule: str,
+        mm: tuple[float, float, float | None] | None,
+        voxel_ml: float | None,
+        estimate: BurdenEstimate | None,
+    ) -> BurdenReport:
+        """The burden report of canonical ``(N, H, W)`` masks made by this segmenter (its
+        post-processing, TTA, framing, input size and model id recorded)."""
+        return burden_report(
+            lung_view,
+            inf_view,
             spacing_mm=mm,
             voxel_ml=voxel_ml,
             shape=shape,
@@ -410,4 +426,3 @@ class Segmenter:
             model_id=self.model_id,
             estimate=estimate,
         )
-        return SegmentResult(lungs, infection, report)
