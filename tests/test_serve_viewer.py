@@ -142,7 +142,7 @@ def test_browser_toolbar_shows_the_view_drawn_whatever_key_changed_it(page, serv
     page.focus("#view")
     aspect = {}
     for expected in ["CORONAL", "SAGITTAL", "ALL", "AXIAL"]:
-        page.keyboard.press("v")  # the former viewer's key once switched the view behind the toolbar's back
+        page.keyboard.press("v")  # once switched the former viewer behind the toolbar's back
         _drawn(page)
         assert page.get_attribute("#viewer", "data-view") == expected
         active = page.locator("button.view.active")
