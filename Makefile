@@ -30,7 +30,7 @@ test: $(STAMP)
 docs-check: $(STAMP)
 	$(PY) -m pytest -q tests/test_docs.py
 
-# The README's screenshot of `covseg serve` (docs/serve.png), made by its browser test.
+# The README's screenshots of `covseg serve` (docs/serve.png, docs/compare.png), made by its browser tests.
 screenshot: $(STAMP)
 	COVSEG_SCREENSHOT=docs/serve.png $(PY) -m pytest -q -p no:cacheprovider tests/test_serve.py -k readme_screenshot
 

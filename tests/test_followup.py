@@ -129,3 +129,13 @@ def test_registration_finds_a_patient_who_moved_and_aligns_the_masks():
     unaligned = mask_change(infection, inf2, 1.0)["dice"]
     aligned = resample_onto(inf2, affine, infection.shape, affine, transform=transform)
     assert mask_change(infection, aligned, 1.0)["dice"] > 0.9 > unaligned
+
+
+def test_a_hair_of_motion_keeps_the_edge_slices():
+    mask = np.zeros((6, 5, 4), np.uint8)
+    mask[1:4, 1:3, [0, 3]] = 1  # infection in the first and the last slice only
+    affine = np.diag([1.5, 1.5, 2.5, 1.0])
+    for dz in (0.01, -0.01):  # what a registration of an unmoved patient finds
+        moved = np.eye(4)
+        moved[2, 3] = dz
+        assert np.array_equal(resample_onto(mask, affine, mask.shape, affine, moved), mask)

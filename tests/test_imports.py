@@ -258,3 +258,20 @@ def test_the_command_line_answers_without_loading_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_the_server_listens_before_loading_torch():
+    """``covseg serve`` answers the page while the model loads: its app and upload checks
+    (``covseg.serve.app``, ``covseg.data.io``) import no torch, scipy or scikit-image."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import covseg.serve.app, covseg.data.io\n"
+        "print(sorted(m for m in ('torch', 'scipy', 'skimage') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]"

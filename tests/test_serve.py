@@ -393,6 +393,7 @@ def test_upload_names_are_never_paths(api, tmp_path, name):
         f"{case}_infection.nii.gz",
         f"{case}_overlay.png",
         f"{case}_report.json",
+        f"{case}_infection_prob.nii.gz",  # the threshold slider's (on by default)
     }
 
 
@@ -524,8 +525,9 @@ def test_browser_tests_say_why_they_skip(monkeypatch, tmp_path):
 
 
 # ------------------------------------------------------------------ a real server process
-def test_serve_starts_in_under_5_s_on_loopback_and_says_where(served):
-    assert served.startup_s < 5, f"started in {served.startup_s:.2f} s"
+def test_serve_listens_on_loopback_and_says_where(served):
+    # How fast it starts is structural (the app imports no torch before it listens:
+    # tests/test_imports.py), not a timed assertion that a loaded machine fails.
     assert served.url.startswith("http://127.0.0.1:")
     assert served.workspace is not None and served.workspace.is_dir()
     assert stat.S_IMODE(served.workspace.stat().st_mode) == 0o700
@@ -699,6 +701,47 @@ def test_readme_screenshot(browser, tmp_path):
         page.wait_for_timeout(500)
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=target)
+        page.close()
+    finally:
+        server.stop()
+
+
+def test_readme_screenshot_compare(browser, tmp_path):
+    """`make screenshot`: the README's follow-up picture (``compare.png`` beside the first): the
+    shipped model on a phantom and on its follow-up, the left lung's infection healed and the
+    patient 5 mm lower (found by the registration)."""
+    target = os.environ.get("COVSEG_SCREENSHOT")
+    if not target:
+        pytest.skip("set COVSEG_SCREENSHOT=docs/serve.png to write the README screenshots")
+    hu, lung, infection = make_phantom(7, (128, 128, 12))
+    healed = hu.copy()
+    left = (lung == 1) & (infection > 0)
+    healed[left] = -850 + np.random.default_rng(0).normal(0, 20, int(left.sum()))
+    lower = AFFINE.copy()
+    lower[2, 3] = -5.0
+    for name, image, affine in (("march", hu, AFFINE), ("april", healed, lower)):
+        nib.save(nib.Nifti1Image(image, affine), str(tmp_path / f"{name}.nii.gz"))
+    server = start_server("--checkpoint", "pretrained", cwd=tmp_path)
+    try:
+        page = browser.new_page(viewport={"width": 1360, "height": 820})
+        page.goto(server.url)
+        page.wait_for_selector("body[data-viewer='ready']")
+        page.set_input_files("#file-input", [str(tmp_path / "march.nii.gz")])
+        page.wait_for_selector(SHOWN, timeout=300_000)
+        page.set_input_files("#file-input", [str(tmp_path / "april.nii.gz")])
+        page.wait_for_selector(
+            "#compare-after option:text-is('april.nii.gz')", state="attached", timeout=300_000
+        )
+        page.wait_for_selector("#compare-start:not([disabled])")
+        page.select_option("#compare-before", label="march.nii.gz")
+        page.select_option("#compare-after", label="april.nii.gz")
+        page.check("#compare-register")
+        page.click("#compare-start")
+        page.wait_for_selector("body.comparing[data-compared]", timeout=60_000)
+        page.focus("#view")
+        page.keyboard.press("ArrowUp")
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(Path(target).with_name("compare.png")))
         page.close()
     finally:
         server.stop()

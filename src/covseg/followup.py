@@ -10,13 +10,16 @@ and persisting.
 
 Two scans are compared as their reports state them: when they were segmented by different
 models or thresholds, :attr:`FollowUp.notes` says so, since the change then mixes both.
+
+Files (``covseg compare-scans``, the viewer): :func:`find_case` finds a case's report and
+infection mask from what a user names, :func:`compare_cases` runs both levels on two cases.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +28,23 @@ import numpy as np
 from covseg.errors import CovsegError, DataError
 
 __all__ = [
+    "Case",
     "FollowUp",
     "RegionChange",
+    "compare_cases",
     "compare_reports",
+    "find_case",
     "mask_change",
     "read_report",
     "resample_onto",
     "rigid_transform",
+    "voxel_change",
 ]
 
 #: Report regions: name -> where the region's numbers sit in the report (``""``: top level).
 REGIONS = {"both": "", "left": "left", "right": "right"}
 _FIELDS = ("lung_volume_ml", "infection_volume_ml", "infection_percent")
+_VOXEL_FIELDS = ("new_ml", "resolved_ml", "persisting_ml", "dice")
 
 
 @dataclass(frozen=True)
@@ -71,12 +79,15 @@ class FollowUp:
         after: the second scan's case name.
         regions: both lungs, left, right.
         notes: why the change may mix in other things than the disease (another model, ...).
+        voxels: the voxel-level change of both lungs (:func:`voxel_change`), ``None`` when
+            only the reports were compared.
     """
 
     before: str
     after: str
     regions: tuple[RegionChange, ...]
     notes: tuple[str, ...] = ()
+    voxels: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the regions by name."""
@@ -87,11 +98,14 @@ class FollowUp:
                 r.region: {k: v for k, v in asdict(r).items() if k != "region"}
                 for r in self.regions
             },
+            "voxels": None if self.voxels is None else dict(self.voxels),
             "notes": list(self.notes),
         }
 
     def to_rows(self) -> list[dict[str, Any]]:
-        """One flat row per region (a CSV's rows)."""
+        """One flat row per region (a CSV's rows); the voxel-level change (``new_ml``,
+        ``resolved_ml``, ``persisting_ml``, ``dice``) fills the ``both`` row only."""
+        voxels = self.voxels or {}
         return [
             {
                 "region": r.region,
@@ -104,6 +118,7 @@ class FollowUp:
                 "infected_percent_before": r.percent[0],
                 "infected_percent_after": r.percent[1],
                 "infected_percent_change": r.percent_change,
+                **{k: voxels.get(k) if r.region == "both" else None for k in _VOXEL_FIELDS},
             }
             for r in self.regions
         ]
@@ -212,8 +227,16 @@ def resample_onto(
     world = np.eye(4) if transform is None else np.asarray(transform, dtype=float)
     # First scan's voxel -> world -> the second scan's world -> the second scan's voxel.
     pull = np.linalg.inv(np.asarray(affine, dtype=float)) @ world @ np.asarray(target_affine)
+    # "grid-constant": a voxel reaches half a voxel beyond its centre, so an edge slice is kept
+    # by a point a hair past its centre ("constant" drops it: the whole top slice, for +0.01 mm).
     return ndi.affine_transform(
-        mask, pull[:3, :3], offset=pull[:3, 3], output_shape=tuple(shape), order=0, cval=0
+        mask,
+        pull[:3, :3],
+        offset=pull[:3, 3],
+        output_shape=tuple(shape),
+        order=0,
+        mode="grid-constant",
+        cval=0,
     )
 
 
@@ -308,4 +331,123 @@ def _sitk_image(sitk: Any, array: np.ndarray, affine: np.ndarray) -> Any:
     image.SetSpacing([float(s) for s in spacing])
     image.SetOrigin([float(v) for v in lps[:3, 3]])
     image.SetDirection([float(v) for v in (lps[:3, :3] / spacing).ravel()])
+    return image
+
+
+def voxel_change(
+    before: np.ndarray,
+    before_affine: np.ndarray,
+    after: np.ndarray,
+    after_affine: np.ndarray,
+    transform: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """:func:`mask_change` of two infection masks, the second put on the first's grid.
+
+    Args:
+        before: the first scan's ``(X, Y, Z)`` mask; ``before_affine`` its affine.
+        after: the second scan's mask; ``after_affine`` its affine.
+        transform: :func:`rigid_transform`'s map, ``None`` for the scanner coordinates alone.
+
+    Returns:
+        :func:`mask_change`'s fields, ``registered`` and ``transform`` (the 4 x 4 map used).
+    """
+    voxel_ml = abs(float(np.linalg.det(np.asarray(before_affine)[:3, :3]))) / 1000.0
+    moved = resample_onto(after, after_affine, before.shape, before_affine, transform)
+    used = np.eye(4) if transform is None else np.asarray(transform, dtype=float)
+    return mask_change(before, moved, voxel_ml) | {
+        "registered": transform is not None,
+        "transform": [[round(float(v), 6) for v in row] for row in used],
+    }
+
+
+# ----------------------------------------------------------------------------- files
+@dataclass(frozen=True)
+class Case:
+    """One scan as ``covseg segment`` left it.
+
+    Attributes:
+        report: its report (``*_report.json``).
+        path: the report file (or what names the case in messages).
+        infection: its infection mask (a volume), ``None`` where there is none.
+        scan: the scan itself (for a registration), ``None`` where unknown.
+    """
+
+    report: Mapping[str, Any]
+    path: Path
+    infection: Path | None = None
+    scan: Path | None = None
+
+
+def find_case(path: str | Path, scan: str | Path | None = None) -> Case:
+    """A case from what a user names: its report, its output prefix (``out/case``) or a folder
+    holding one report; the infection mask beside the report when it was written (NIfTI).
+
+    Args:
+        path: the report, prefix or folder.
+        scan: the scan that was segmented; default: the report's ``input`` where that file
+            exists.
+
+    Raises:
+        DataError: no report there, a folder with several, or an unreadable report.
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*_report.json"))
+        if len(found) != 1:
+            which = ": name one" if found else ""
+            raise DataError(f"{path}: {len(found)} *_report.json files in the folder{which}")
+        path = found[0]
+    elif not path.exists() and not path.name.endswith(".json"):
+        path = path.with_name(f"{path.name}_report.json")
+    report = read_report(path)
+    mask = path.with_name(path.name.removesuffix("_report.json") + "_infection.nii.gz")
+    given = report.get("input")
+    if scan is None and isinstance(given, str) and given and Path(given).exists():
+        scan = given
+    return Case(
+        report, path, mask if mask.is_file() else None, None if scan is None else Path(scan)
+    )
+
+
+def compare_cases(before: Case, after: Case, *, register: bool = False) -> FollowUp:
+    """The change between two cases: their reports, and their infection masks voxel by voxel
+    where both have one (brought together by world coordinates, after a rigid registration of
+    the scans when ``register``).
+
+    Raises:
+        DataError: reports :func:`compare_reports` refuses, an unreadable mask or scan, a scan
+            whose shape is not its mask's, or ``register`` without masks or scans.
+        CovsegError: ``register`` without SimpleITK.
+    """
+    from covseg.data.io import read_image
+
+    change = compare_reports(before.report, after.report)
+    if before.infection is None or after.infection is None:
+        if register:
+            missing = before if before.infection is None else after
+            raise DataError(f"{missing.path}: no infection mask beside it to register")
+        return change
+    a, b = (read_image(c.infection, labels=True) for c in (before, after))
+    if a.affine is None or b.affine is None:
+        raise DataError(f"{before.path}: the masks are pictures; no voxel-level change")
+    transform = None
+    if register:
+        fixed, moving = (_scan(c, m.array.shape) for c, m in ((before, a), (after, b)))
+        transform = rigid_transform(fixed.array, fixed.affine, moving.array, moving.affine)
+    voxels = voxel_change(a.array, a.affine, b.array, b.affine, transform)
+    return replace(change, voxels=voxels)
+
+
+def _scan(case: Case, shape: tuple[int, ...]) -> Any:
+    """The scan of ``case`` (an :class:`~covseg.data.io.Image`), checked against its mask."""
+    from covseg.data.io import read_image
+
+    if case.scan is None:
+        raise DataError(f"{case.path}: registration needs the scan that was segmented")
+    image = read_image(case.scan)
+    if image.array.shape != tuple(shape):
+        raise DataError(
+            f"{case.scan}: shape {image.array.shape} is not its mask's {tuple(shape)} "
+            "(not the scan that was segmented)"
+        )
     return image

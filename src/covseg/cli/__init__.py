@@ -9,7 +9,8 @@ error + exit-code contract.
 
 The commands are grouped by job, one module each: ``demo`` (model-info, demo), ``data`` (prepare,
 synth), ``train`` (train, cv, report, ensemble), ``calibrate``, ``segment`` (evaluate, segment,
-export-onnx) and ``serve``; this module assembles the parser and runs a command under the error contract.
+export-onnx), ``compare`` (compare-scans) and ``serve``; this module assembles the parser and runs
+a command under the error contract.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 from covseg._version import __version__
 from covseg.cli.calibrate import add_calibrate
 from covseg.cli.common import Parser, Runner
+from covseg.cli.compare import add_compare_scans
 from covseg.cli.data import add_prepare, add_synth
 from covseg.cli.demo import add_demo, add_model_info
 from covseg.cli.segment import add_evaluate, add_export_onnx, add_segment
@@ -51,6 +53,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], Runner]] = [
     add_ensemble,
     add_average,
     add_calibrate,
+    add_compare_scans,
     add_serve,
 ]
 

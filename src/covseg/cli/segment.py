@@ -118,6 +118,12 @@ def add_segment(sub: argparse._SubParsersAction) -> Runner:
         help="mask formats, comma-separated: nifti (PNG for picture inputs), dicom-seg "
         "(<case>_seg.dcm, DICOM series only) (default: nifti, plus dicom-seg for DICOM series)",
     )
+    p.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also write <case>_infection_prob.nii.gz (.png for pictures): the calibrated "
+        "infection probability the threshold is applied to, as uint8 0..255",
+    )
     _batch_flags(p)
     _scheduler_flag(p)
     return _run_segment
@@ -216,6 +222,7 @@ def _run_segment(args: argparse.Namespace) -> int:
             engine=engine,
             on_outcome=failed,
             labels=labels,
+            probability=args.probabilities,
         )
     print(format_summary([o.report for o in run.outcomes if o.report is not None]))
     if run.count("skipped") or run.failed:  # the table above lists this run's new cases only

@@ -28,6 +28,13 @@ def add_serve(sub: argparse._SubParsersAction) -> Runner:
         default=600.0,
         help="seconds a case may run before it is stopped and marked failed (600)",
     )
+    p.add_argument(
+        "--no-probabilities",
+        dest="probabilities",
+        action="store_false",
+        help="do not write each case's infection probability (the page then has no threshold "
+        "slider)",
+    )
     return _run_serve
 
 
@@ -47,6 +54,7 @@ def _run_serve(args: argparse.Namespace) -> int:
             max_upload_bytes=args.max_upload_mb << 20,
             device=args.device,
             job_timeout=args.job_timeout,
+            probabilities=args.probabilities,
         )
     )
     return 0

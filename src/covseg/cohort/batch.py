@@ -25,17 +25,22 @@ from covseg.errors import CovsegError, DataError
 from covseg.inference.burden import BurdenEstimate
 from covseg.inference.postprocess import estimate_counts, masks_from_probabilities
 from covseg.inference.predict import Probabilities
+from covseg.inference.probability import quantize_probability
 from covseg.inference.segmenter import PIXELS_PER_BATCH, Segmenter, SegmentResult
 
 __all__ = ["segment_pictures"]
 
 
-def segment_pictures(seg: Segmenter, images: Sequence[Image]) -> list[SegmentResult | CovsegError]:
+def segment_pictures(
+    seg: Segmenter, images: Sequence[Image], probability: bool = False
+) -> list[SegmentResult | CovsegError]:
     """Segment 2-D pictures, several per forward pass.
 
     Args:
         seg: the loaded model (with a lung head).
         images: 2-D :class:`~covseg.data.io.Image` pictures (``affine=None``).
+        probability: also each picture's uint8 calibrated infection probability
+            (:attr:`~covseg.inference.segmenter.SegmentResult.probability`).
 
     Returns:
         Per picture, in order, its :class:`SegmentResult` (masks of the picture's shape), or
@@ -69,11 +74,13 @@ def segment_pictures(seg: Segmenter, images: Sequence[Image]) -> list[SegmentRes
                     None if probs.lung is None else probs.lung[j : j + 1],
                     probs.infection[j : j + 1],
                 )
-                results[i] = _result(seg, images[i], one, rule)
+                results[i] = _result(seg, images[i], one, rule, probability)
     return results
 
 
-def _result(seg: Segmenter, image: Image, probs: Probabilities, rule: str) -> SegmentResult:
+def _result(
+    seg: Segmenter, image: Image, probs: Probabilities, rule: str, probability: bool
+) -> SegmentResult:
     """One picture's masks and report from its ``(1, H, W)`` probabilities (what
     :meth:`~covseg.inference.segmenter.Segmenter.segment_slices` and ``predict_image`` do for
     one slice)."""
@@ -86,7 +93,12 @@ def _result(seg: Segmenter, image: Image, probs: Probabilities, rule: str) -> Se
     report = seg.report(
         lung_view, inf_view, image.array.shape, rule, None, None, _estimate(seg, probs)
     )
-    return SegmentResult(lungs, infection, report)
+    result = SegmentResult(lungs, infection, report)
+    if probability:
+        result.probability = np.zeros_like(image.array, dtype=np.uint8, subok=False)
+        prob_view = canonical_view(result.probability, image)
+        prob_view[:] = quantize_probability(probs.infection, seg.post.threshold)
+    return result
 
 
 def _estimate(seg: Segmenter, probs: Probabilities) -> BurdenEstimate | None:

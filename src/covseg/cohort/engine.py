@@ -142,14 +142,16 @@ def run_cases(tasks: Sequence[Task], settings: Settings) -> list[Outcome]:
             if image.array.ndim == 2 and image.array.size <= SMALL_PICTURE:
                 pictures.append((i, image))
                 continue
-            result = seg.predict_image(image, settings.progress)
+            result = seg.predict_image(image, settings.progress, probability=settings.probability)
             outcomes[i] = _write(task, image, result, record, settings, start)
         except Exception as err:  # one case's problem never stops the batch
             outcomes[i] = failed_outcome(task, err, settings, time.perf_counter() - start)
     if pictures:
         start = time.perf_counter()
         try:
-            results = segment_pictures(seg, [image for _, image in pictures])
+            results = segment_pictures(
+                seg, [image for _, image in pictures], probability=settings.probability
+            )
         except Exception as err:
             results = [err] * len(pictures)  # type: ignore[list-item]
         share = (time.perf_counter() - start) / len(pictures)
@@ -177,7 +179,7 @@ def _write(
     result.report = result.report.replace(case=task.case, input=task.name)
     formats = case_formats(settings.formats, image)
     overlay = settings.wants_overlay(image.array.ndim)
-    names = output_names(task.case, image, formats)
+    names = output_names(task.case, image, formats, probability=settings.probability)
     if not overlay:
         del names["overlay"]
     stored = record | {"overlay": overlay, "files": sorted(names.values())}

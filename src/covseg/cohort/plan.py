@@ -71,6 +71,8 @@ class Settings:
             :meth:`resolve_overlay`).
         redo: segment cases again even where complete outputs of the same settings exist.
         progress: a tqdm bar per volume on stderr (serial engine only).
+        probability: also write each case's calibrated infection probability
+            (:mod:`covseg.inference.probability`).
     """
 
     out_dir: str
@@ -85,6 +87,7 @@ class Settings:
     overlay: str = "volumes"
     redo: bool = False
     progress: bool = False
+    probability: bool = False
 
     @staticmethod
     def resolve_overlay(overlay: str, n_cases: int) -> str:

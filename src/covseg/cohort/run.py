@@ -83,6 +83,7 @@ def segment_cohort(
     progress: bool = False,
     on_outcome: Callable[[Outcome], None] | None = None,
     labels: Mapping[str, str] | None = None,
+    probability: bool = False,
 ) -> CohortRun:
     """Segment every input (files, DICOM folders, folders of them) into ``out_dir``.
 
@@ -111,6 +112,8 @@ def segment_cohort(
         labels: folders that stand for other inputs, and those inputs' names (zip files
             extracted by :func:`~covseg.data.io.archive.unzipped_inputs`): reports, the table
             and messages name the zip and its entries (:func:`~covseg.cohort.plan.plan_cases`).
+        probability: also write each case's ``<case>_infection_prob`` (the calibrated infection
+            probability, :mod:`covseg.inference.probability`).
 
     Returns:
         :class:`CohortRun`: the outcomes and the cohort table.
@@ -141,6 +144,7 @@ def segment_cohort(
         overlay=Settings.resolve_overlay(overlay, len(tasks)),
         redo=redo,
         progress=progress and jobs == 1 and engine is None,
+        probability=probability,
     )
     seg = segmenter_for(settings)
     seg.require_lung_head()

@@ -3,10 +3,10 @@
 A case is finished when its ``<case>_report.json`` (renamed into place last, under the folder's
 lock, :func:`~covseg.inference.outputs.write_case`) names the same input and holds a
 ``"settings"`` record equal to this run's (:func:`settings_record`: the weights' sha256, TTA,
-intensity rule, framing, backend, formats), and every file that record lists is there. A failed
-case leaves a small JSON record in the hidden folder :data:`FAILED_DIR` of ``--out``, removed when
-the case later succeeds; with the reports these make the cohort table complete across reruns,
-shards and machines sharing the folder (:mod:`covseg.cohort.table`).
+intensity rule, framing, backend, formats, probability output), and every file that record
+lists is there. A failed case leaves a small JSON record in the hidden folder :data:`FAILED_DIR`
+of ``--out``, removed when the case later succeeds; with the reports these make the cohort table
+complete across reruns, shards and machines sharing the folder (:mod:`covseg.cohort.table`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ __all__ = [
 
 #: The hidden folder of ``--out`` holding one ``<case>.json`` per failed case.
 FAILED_DIR = ".covseg-failed"
+#: What a settings record written before one of its keys existed means by its absence: outputs
+#: of an earlier covseg (no probability output) still count as done for a run without one.
+_ABSENT = {"probability": False}
 
 
 def settings_record(seg: Segmenter, settings: Settings) -> dict[str, Any]:
@@ -44,6 +47,7 @@ def settings_record(seg: Segmenter, settings: Settings) -> dict[str, Any]:
         "framing": seg.framing,
         "backend": settings.backend,
         "formats": None if settings.formats is None else list(settings.formats),
+        "probability": settings.probability,
     }
 
 
@@ -59,7 +63,7 @@ def is_done(task: Task, record: dict[str, Any], settings: Settings) -> bool:
     stored = report.get("settings") if isinstance(report, dict) else None
     if not isinstance(stored, dict) or report.get("input") != task.name:
         return False
-    if any(stored.get(key) != value for key, value in record.items()):
+    if any(stored.get(key, _ABSENT.get(key)) != value for key, value in record.items()):
         return False
     shape = report.get("shape")
     if settings.wants_overlay(len(shape) if isinstance(shape, list) else 0) and not stored.get(

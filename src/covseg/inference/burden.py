@@ -10,6 +10,7 @@ anterior junction) is cut at the midline.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,14 @@ from scipy import ndimage as ndi
 from covseg._version import __version__
 from covseg.config import Calibration, PostProcessing
 
-__all__ = ["Burden", "BurdenEstimate", "BurdenReport", "burden_report", "left_right_counts"]
+__all__ = [
+    "Burden",
+    "BurdenEstimate",
+    "BurdenReport",
+    "burden_report",
+    "left_right_counts",
+    "lung_sides",
+]
 
 
 @dataclass(frozen=True)
@@ -236,14 +244,51 @@ def left_right_counts(lungs: np.ndarray, infection: np.ndarray) -> dict[str, tup
     labelling call: no full-size temporary per rule. Infection outside every lung component
     (never in ``segment``'s output, whose lungs include the infection) is on neither side.
     """
+    lung_l = lung_r = inf_l = inf_r = 0
+    for k, box, labels, on_left_px, sides in _side_chunks(lungs):
+        size, on_left, split, whole_left, whole_right = sides
+        lung_l += int(size[whole_left].sum() + on_left[split].sum())
+        lung_r += int(size[whole_right].sum() + (size - on_left)[split].sum())
+        lung = labels > 0
+        lab = labels[lung]  # the label of every lung pixel, 1-D
+        inf_px = np.asarray(infection[k : k + _SIDE_CHUNK][box], dtype=bool)[lung]
+        inf_size = np.bincount(lab[inf_px], minlength=len(size))
+        inf_on_left = np.bincount(lab[inf_px & on_left_px], minlength=len(size))
+        inf_l += int(inf_size[whole_left].sum() + inf_on_left[split].sum())
+        inf_r += int(inf_size[whole_right].sum() + (inf_size - inf_on_left)[split].sum())
+    return {"left": (lung_l, inf_l), "right": (lung_r, inf_r)}
+
+
+def lung_sides(lungs: np.ndarray) -> np.ndarray:
+    """The side of every lung pixel by the rule of :func:`left_right_counts`: uint8 ``(N, H, W)``,
+    1 left lung, 2 right lung, 0 no lung. Counting infection pixels on each side gives
+    :func:`left_right_counts` for any infection inside ``lungs`` (the viewer recounts a
+    re-thresholded infection that way)."""
+    out = np.zeros(lungs.shape, dtype=np.uint8)
+    for k, box, labels, on_left_px, sides in _side_chunks(lungs):
+        _, _, split, whole_left, _ = sides
+        lung = labels > 0
+        lab = labels[lung]
+        left = whole_left[lab] | (split[lab] & on_left_px)
+        chunk = np.zeros(labels.shape, dtype=np.uint8)
+        chunk[lung] = np.where(left, 1, 2)
+        out[k : k + _SIDE_CHUNK][box] = chunk
+    return out
+
+
+def _side_chunks(lungs: np.ndarray) -> Iterator[tuple[int, Any, np.ndarray, np.ndarray, Any]]:
+    """Per :data:`_SIDE_CHUNK` slices holding lung: ``(first slice, box, labels, on_left_px,
+    (size, on_left, split, whole_left, whole_right))``: the lung's bounding box within the
+    chunk, its 8-connected component labels there, whether each lung pixel lies left of the
+    midline, and per component its pixels, its pixels left of the midline and its side
+    (cut at the midline, wholly left, wholly right; background False)."""
     n, w = len(lungs), lungs.shape[2]
     column_mass = lungs.sum(axis=(0, 1), dtype=np.int64)
     if column_mass.sum() == 0:
-        return {"left": (0, 0), "right": (0, 0)}
+        return
     cols = np.arange(w)
     midline = float((column_mass * cols).sum() / column_mass.sum())
     left_cols = cols >= midline  # columns run patient right -> left
-    lung_l = lung_r = inf_l = inf_r = 0
     for k in range(0, n, _SIDE_CHUNK):
         lung = np.asarray(lungs[k : k + _SIDE_CHUNK], dtype=bool)
         rows, cols_in = np.nonzero(lung.any(axis=(0, 2)))[0], np.nonzero(lung.any(axis=(0, 1)))[0]
@@ -252,7 +297,7 @@ def left_right_counts(lungs: np.ndarray, infection: np.ndarray) -> dict[str, tup
         box = np.s_[:, rows[0] : rows[-1] + 1, cols_in[0] : cols_in[-1] + 1]
         lung = lung[box]
         labels, m = ndi.label(lung, structure=_SLICE_8)
-        lab = labels[lung]  # the label of every lung pixel, 1-D
+        lab = labels[lung]
         on_left_px = np.broadcast_to(left_cols[box[2]], lung.shape)[lung]
         size = np.bincount(lab, minlength=m + 1)
         on_left = np.bincount(lab[on_left_px], minlength=m + 1)
@@ -261,11 +306,4 @@ def left_right_counts(lungs: np.ndarray, infection: np.ndarray) -> dict[str, tup
         whole_left = ~split & (frac >= 0.5)
         whole_right = ~split & ~whole_left
         split[0] = whole_left[0] = whole_right[0] = False  # the background
-        lung_l += int(size[whole_left].sum() + on_left[split].sum())
-        lung_r += int(size[whole_right].sum() + (size - on_left)[split].sum())
-        inf_px = np.asarray(infection[k : k + _SIDE_CHUNK][box], dtype=bool)[lung]
-        inf_size = np.bincount(lab[inf_px], minlength=m + 1)
-        inf_on_left = np.bincount(lab[inf_px & on_left_px], minlength=m + 1)
-        inf_l += int(inf_size[whole_left].sum() + inf_on_left[split].sum())
-        inf_r += int(inf_size[whole_right].sum() + (inf_size - inf_on_left)[split].sum())
-    return {"left": (lung_l, inf_l), "right": (lung_r, inf_r)}
+        yield k, box, labels, on_left_px, (size, on_left, split, whole_left, whole_right)

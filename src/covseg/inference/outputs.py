@@ -7,7 +7,9 @@ inputs), ``<case>_overlay.png`` and ``<case>_report.json``; for a DICOM series a
 ``<case>_seg.dcm``, a DICOM Segmentation of both masks referencing the source slices
 (:mod:`covseg.data.io.dicom_seg`; :func:`case_formats` says when), and ``<case>_sr.dcm``, the
 lung and infection volumes as a DICOM SR measurement report on it
-(:mod:`covseg.data.io.dicom_sr`). They are written into a private temporary folder inside the
+(:mod:`covseg.data.io.dicom_sr`); with ``--probabilities`` also
+``<case>_infection_prob.nii.gz`` (``.png`` for pictures), the uint8 calibrated infection
+probability the threshold is applied to (:mod:`covseg.inference.probability`). They are written into a private temporary folder inside the
 output folder and renamed into place only when the whole case is done, as one unit: under the
 output folder's lock (:func:`covseg.files.folder_lock`), the old report is removed first and the
 new one renamed last, so the report's presence marks a complete case whose files all come from
@@ -38,6 +40,7 @@ from covseg.data.preprocess import normalize_intensity
 from covseg.errors import DataError
 from covseg.files import file_mode, folder_lock, remove_stale, temporary_dir
 from covseg.inference.burden import BurdenReport
+from covseg.inference.probability import write_probability
 from covseg.inference.segmenter import Segmenter, SegmentResult
 
 __all__ = [
@@ -195,16 +198,21 @@ def case_formats(requested: Sequence[str] | None, image: Image) -> tuple[str, ..
     return OUTPUT_FORMATS
 
 
-def output_names(case: str, image: Image, formats: Sequence[str] = ("nifti",)) -> dict[str, str]:
+def output_names(
+    case: str, image: Image, formats: Sequence[str] = ("nifti",), probability: bool = False
+) -> dict[str, str]:
     """The file names :func:`write_case` writes for ``case`` in ``formats`` (a complete case
     has all of them): ``lungs``/``infection`` (``nifti``), ``dicom_seg`` and ``dicom_sr``
-    (``dicom-seg``), ``overlay`` and ``report`` (always; the report last)."""
+    (``dicom-seg``), ``probability`` (with ``probability``, whatever the formats), ``overlay``
+    and ``report`` (always; the report last)."""
     ext = ".png" if image.array.ndim == 2 else ".nii.gz"
     names = {}
     if "nifti" in formats:
         names |= {"lungs": f"{case}_lungs{ext}", "infection": f"{case}_infection{ext}"}
     if "dicom-seg" in formats:
         names |= {"dicom_seg": f"{case}_seg.dcm", "dicom_sr": f"{case}_sr.dcm"}
+    if probability:
+        names["probability"] = f"{case}_infection_prob{ext}"
     return names | {"overlay": f"{case}_overlay.png", "report": f"{case}_report.json"}
 
 
@@ -221,7 +229,7 @@ def write_case(
 
     Args:
         image: the input as read.
-        result: its masks and report.
+        result: its masks and report; its ``probability``, when there, is written too.
         out_dir: the output folder.
         formats: mask formats of :data:`OUTPUT_FORMATS` (:func:`case_formats` picks them); a
             case's files of a format not asked for this time are removed with the old report.
@@ -240,7 +248,7 @@ def write_case(
     out_dir = Path(out_dir)
     report = result.report
     case = report.case or case_name(image.path)
-    names = output_names(case, image, formats)
+    names = output_names(case, image, formats, probability=result.probability is not None)
     if not overlay:
         del names["overlay"]
     # Every earlier file of this case name not in the new set (another format, or another
@@ -252,6 +260,8 @@ def write_case(
             for key in ("lungs", "infection"):
                 if key in names:
                     write_mask(getattr(result, key), image, tmp / names[key])
+            if result.probability is not None:
+                write_probability(result.probability, image, tmp / names["probability"])
             if "dicom_seg" in names:
                 write_dicom_seg(
                     image,
@@ -296,7 +306,9 @@ def _every_name(case: str) -> set[str]:
     return {
         name
         for a in kinds
-        for name in output_names(case, Image(a, None, "probe", Path(case)), OUTPUT_FORMATS).values()
+        for name in output_names(
+            case, Image(a, None, "probe", Path(case)), OUTPUT_FORMATS, probability=True
+        ).values()
     }
 
 
@@ -323,6 +335,7 @@ def segment_file(
     *,
     progress: bool = False,
     formats: Sequence[str] | None = None,
+    probability: bool = False,
 ) -> SegmentResult:
     """Segment one input with ``seg`` and write its outputs into ``out_dir`` (:func:`write_case`:
     ``<case>_lungs``, ``<case>_infection``, ``<case>_report.json``, ``<case>_overlay.png``, all
@@ -335,6 +348,7 @@ def segment_file(
         progress: show a tqdm bar on stderr.
         formats: mask formats (:data:`OUTPUT_FORMATS`); ``None``: :func:`case_formats`'s
             default (NIfTI, and a DICOM-SEG for a DICOM series).
+        probability: also write ``<case>_infection_prob`` (:mod:`covseg.inference.probability`).
 
     Returns:
         The :class:`~covseg.inference.segmenter.SegmentResult` with ``paths`` filled
@@ -347,7 +361,7 @@ def segment_file(
     """
     path = Path(path)
     image = read_image(path)
-    result = seg.predict_image(image, progress)
+    result = seg.predict_image(image, progress, probability=probability)
     result.report = result.report.replace(case=case_name(path), input=str(path))
     result.paths = write_case(image, result, out_dir, formats=case_formats(formats, image))
     return result

@@ -38,6 +38,7 @@ from covseg.inference.calibration import calibrate
 from covseg.inference.framing import framed_probabilities
 from covseg.inference.postprocess import Masks, estimate_counts, masks_from_probabilities
 from covseg.inference.predict import Predictor, Probabilities
+from covseg.inference.probability import quantize_probability
 from covseg.meta import CheckpointMeta
 
 __all__ = ["SegmentResult", "Segmenter"]
@@ -57,12 +58,15 @@ class SegmentResult:
         report: the infection-burden report (``report.to_dict()`` is the JSON).
         paths: the files written by :func:`covseg.inference.outputs.segment_file` (empty for
             arrays).
+        probability: uint8 calibrated infection probability (:mod:`covseg.inference.probability`),
+            the input's shape and voxel order, when asked for; else ``None``.
     """
 
     lungs: np.ndarray
     infection: np.ndarray
     report: BurdenReport
     paths: dict[str, Path] = field(default_factory=dict)
+    probability: np.ndarray | None = None
 
 
 class Segmenter:
@@ -264,11 +268,14 @@ class Segmenter:
         rule: str,
         progress: str | None = None,
         check: Callable[[], None] | None = None,
+        out_prob: np.ndarray | None = None,
     ) -> BurdenEstimate | None:
         """Fill ``out_lung``/``out_inf`` (``(N, H, W)``, views allowed) from raw canonical
         ``(N, H, W)`` slices (steps 1-3 of the module docstring); ``out_lung`` gets zeros for a
         model without a lung head. ``check`` is called before each batch: what it raises stops
-        the work there (a server's shutdown or time budget).
+        the work there (a server's shutdown or time budget). ``out_prob``, when given, gets the
+        uint8 calibrated infection probability the threshold is applied to
+        (:func:`~covseg.inference.probability.quantize_probability`).
 
         Returns:
             With a calibrated checkpoint, the expected infected voxels (calibrated infection
@@ -283,6 +290,8 @@ class Segmenter:
             k = len(masks.infection)
             out_lung[i : i + k] = 0 if masks.lung is None else masks.lung
             out_inf[i : i + k] = masks.infection
+            if out_prob is not None:
+                out_prob[i : i + k] = quantize_probability(probs.infection, self.post.threshold)
             if self.meta.calibrated:
                 e, counts = estimate_counts(probs, self.post, thresholds, self.size)
                 expected, bounds = (
@@ -344,11 +353,16 @@ class Segmenter:
         return self._predict(view, volume.shape, ARRAY_PATH, mm, voxel_ml, progress)
 
     def predict_image(
-        self, image: Image, progress: bool = False, check: Callable[[], None] | None = None
+        self,
+        image: Image,
+        progress: bool = False,
+        check: Callable[[], None] | None = None,
+        probability: bool = False,
     ) -> SegmentResult:
         """Segment an :class:`~covseg.data.io.Image` (what :func:`~covseg.data.io.read_image`
         returns); masks come back in ``image.array``'s shape and voxel order. ``check``: as
-        :meth:`segment_slices`'.
+        :meth:`segment_slices`'; ``probability``: also the uint8 calibrated infection
+        probability (:attr:`SegmentResult.probability`).
 
         Raises:
             DataError: NaN/inf values, an intensity range that fits neither rule, a degenerate
@@ -369,6 +383,7 @@ class Segmenter:
             progress,
             image=image,
             check=check,
+            probability=probability,
         )
 
     def _predict(
@@ -381,24 +396,31 @@ class Segmenter:
         progress: bool,
         image: Image | None = None,
         check: Callable[[], None] | None = None,
+        probability: bool = False,
     ) -> SegmentResult:
         self.require_lung_head()
         rule = self.intensity_rule(slices, path)
-        if image is not None:
-            # The input's memory layout (NIfTI arrays are Fortran-ordered): the canonical views
-            # are then near-contiguous, and the NIfTI writer copies the masks out in one pass.
-            lungs = np.zeros_like(image.array, dtype=np.uint8, subok=False)
-            infection = np.zeros_like(image.array, dtype=np.uint8, subok=False)
-            views = canonical_view(lungs, image), canonical_view(infection, image)
-        else:
-            lungs = np.zeros(shape, dtype=np.uint8)
-            infection = np.zeros(shape, dtype=np.uint8)
-            views = lungs.reshape(slices.shape), infection.reshape(slices.shape)
+        # The input's memory layout (NIfTI arrays are Fortran-ordered): the canonical views
+        # are then near-contiguous, and the NIfTI writer copies the masks out in one pass.
+        outs = [
+            np.zeros(shape, dtype=np.uint8)
+            if image is None
+            else np.zeros_like(image.array, dtype=np.uint8, subok=False)
+            for _ in range(3 if probability else 2)
+        ]
+        views = [
+            a.reshape(slices.shape) if image is None else canonical_view(a, image) for a in outs
+        ]
         estimate = self.segment_slices(
-            slices, *views, rule=rule, progress=path.name if progress else None, check=check
+            slices,
+            *views[:2],
+            rule=rule,
+            progress=path.name if progress else None,
+            check=check,
+            out_prob=views[2] if probability else None,
         )
-        report = self.report(*views, shape, rule, mm, voxel_ml, estimate)
-        return SegmentResult(lungs, infection, report)
+        report = self.report(*views[:2], shape, rule, mm, voxel_ml, estimate)
+        return SegmentResult(*outs[:2], report, probability=outs[2] if probability else None)
 
     def report(
         self,

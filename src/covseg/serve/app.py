@@ -18,11 +18,12 @@ Routes (all JSON but the page, the files and the CSV):
 ``POST /api/series...``                  a DICOM series sent file by file
                                          (:mod:`covseg.serve.series`)
 ``GET /api/jobs/{id}``                   one job (state, stage, report, URLs)
-``GET /api/jobs/{id}/view/{file}``       ``ct.raw``/``labels.raw``: the viewer's arrays
-                                         (:mod:`covseg.serve.display`)
+``GET /api/jobs/{id}/view/{file}``       ``ct.raw``/``labels.raw``/``prob.raw``: the
+                                         viewer's arrays (:mod:`covseg.serve.display`)
 ``GET /api/jobs/{id}/download/{file}``   ``segment``'s ``lungs``/``infection``/``overlay``/
                                          ``report`` file, unchanged
 ``GET /api/summary.csv``                 one row per done case
+``GET /api/compare?before=A&after=B``    two done cases compared (:mod:`covseg.serve.compare`)
 =======================================  ==================================================
 
 Safety: a loopback server answers only requests whose ``Host`` is a loopback name (a web page
@@ -56,6 +57,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from covseg._version import __version__
 from covseg.data.io.archive import extract_zip, inspect_zip
 from covseg.errors import CovsegError
+from covseg.serve.compare import ROUTES as COMPARE_ROUTES
 from covseg.serve.config import ServeConfig, is_loopback
 from covseg.serve.jobs import DEMO_NAME, VIEW_FILES, Job, JobQueue
 from covseg.serve.series import ROUTES as SERIES_ROUTES
@@ -118,6 +120,7 @@ def create_app(config: ServeConfig, root: Path) -> Starlette:
         Route("/api/jobs/{job_id}/download/{key}", _download, methods=["GET"]),
         Route("/api/summary.csv", _summary, methods=["GET"]),
         *SERIES_ROUTES,
+        *COMPARE_ROUTES,
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.jobs = jobs
@@ -231,6 +234,8 @@ async def _view(request: Request) -> Response:
     if job is None or job.display is None or name not in VIEW_FILES:
         return _error("no such volume", 404)
     path = getattr(job.display, VIEW_FILES[name])
+    if path is None:  # prob.raw of a server run with --no-probabilities
+        return _error("no such volume", 404)
     return FileResponse(path, media_type="application/octet-stream")
 
 

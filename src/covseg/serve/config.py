@@ -30,6 +30,8 @@ class ServeConfig:
         batch_size: slices per forward pass (as ``covseg segment``).
         job_timeout: seconds a job may run; a longer one is stopped between two batches of
             slices, and fails with a message saying so.
+        probabilities: write each case's calibrated infection probability (``segment
+            --probabilities``): a download, and what the page's threshold slider re-thresholds.
 
     Raises:
         CovsegError: a port outside ``0..65535`` or a non-positive limit.
@@ -45,6 +47,7 @@ class ServeConfig:
     device: str = "auto"
     batch_size: int = 8
     job_timeout: float = 600.0
+    probabilities: bool = True
 
     def __post_init__(self) -> None:
         if self.data_dir is not None:

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 DEMO_NAME = "demo_phantom.nii.gz"
 _DEMO = {"seed": 7, "slices": 12, "size": 128}
 #: The viewer's files of a done job: URL name -> :class:`DisplayVolumes` attribute.
-VIEW_FILES = {"ct.raw": "ct", "labels.raw": "labels"}
+VIEW_FILES = {"ct.raw": "ct", "labels.raw": "labels", "prob.raw": "probability"}
 
 
 class JobStopped(CovsegError):
@@ -74,7 +74,7 @@ class Job:
         error: the one-line message of a failed job.
         report: the report JSON (``BurdenReport.to_dict()``) of a done job.
         downloads: ``segment``'s files of a done job (``lungs``, ``infection``, ``overlay``,
-            ``report``).
+            ``report``, and ``probability`` unless the server runs with ``--no-probabilities``).
         display: the viewer's arrays of a done job.
         submitted: when the job was queued (seconds since the epoch).
         finished: when it ended (seconds since the epoch), ``None`` before.
@@ -267,13 +267,21 @@ class JobQueue:
         check()
         n = canonical_view(image.array, image).shape[0]
         self._set(job, stage=f"segmenting {n} slice{'s' if n > 1 else ''}")
-        result = self._segmenter.predict_image(image, check=check)
+        wants = self.config.probabilities  # the page's threshold slider needs it
+        result = self._segmenter.predict_image(image, check=check, probability=wants)
         result.report = result.report.replace(case=job.case, input=job.name)
         self._set(job, stage="writing the outputs")
         written = write_case(image, result, job.folder / "out")
         check()
         self._set(job, stage="preparing the viewer")
-        display = display_volumes(image, result.lungs, result.infection, job.folder / "view")
+        display = display_volumes(
+            image,
+            result.lungs,
+            result.infection,
+            job.folder / "view",
+            probability=result.probability,
+            threshold=self._segmenter.post.threshold,
+        )
         return {"report": result.report.to_dict(), "downloads": written, "display": display}
 
     def _check(self, job: Job) -> Callable[[], None]:

@@ -4,15 +4,18 @@
 // One rule keeps the page consistent: the highlighted case is the one the viewer and the report
 // show (its images, its progress, or why it failed), and the toolbar shows the viewer's state.
 
+import { setupCompare } from "./compare.js";
 import { setupToolbar, windowOf } from "./controls.js";
 import { byFolder, filesIn, SCAN_FILE, sendSeries } from "./folders.js";
 import { fmt, renderNothing, renderPending, renderReport } from "./report.js";
+import { ThresholdSlider } from "./threshold.js";
 import { fetchBytes, send } from "./uploads.js";
 import { Viewer } from "./viewer.js";
 import { Volume } from "./volume.js";
 
 const $ = (id) => document.getElementById(id);
 const viewer = new Viewer($("viewer"));
+const threshold = new ThresholdSlider(viewer); // re-thresholds the shown job's infection
 const state = {
   status: null,
   jobs: [],
@@ -228,6 +231,7 @@ function refresh() {
   } else {
     if (($("report").dataset.job || "") !== job.id || $("report-body").hidden) {
       renderReport(job, label, (k) => viewer.setSlice("axial", k));
+      threshold.sync(job.id); // a recount away from the shipped threshold stays shown
     }
     if (state.shown !== job.id) load(job, label);
   }
@@ -296,6 +300,7 @@ function unload() {
   state.shown = null;
   state.loadToken++;
   $("viewer-loading").hidden = true;
+  threshold.detach();
   viewer.clear();
   document.body.dataset.shown = "";
 }
@@ -304,6 +309,7 @@ function unload() {
 async function load(job, label) {
   const token = ++state.loadToken;
   state.shown = job.id;
+  threshold.detach();
   viewer.clear();
   document.body.dataset.shown = "";
   $("viewer-empty").hidden = true;
@@ -318,6 +324,10 @@ async function load(job, label) {
     got[key] = received;
     if (token === state.loadToken) $("loading-bar").value = (got.ct + got.labels) / total;
   };
+  // The threshold slider's probabilities (threshold.js), if written: they arrive alongside and
+  // never hold the image back.
+  const prob = job.display.probability;
+  const levels = prob ? fetchBytes(prob.url, () => {}).catch(() => null) : Promise.resolve(null);
   let volume;
   try {
     const [ct, labels] = await Promise.all([fetchBytes(job.display.ct, progress("ct")), fetchBytes(job.display.labels, progress("labels"))]);
@@ -333,6 +343,9 @@ async function load(job, label) {
   const hu = volume.hu;
   for (const option of $("window").options) option.disabled = !hu && option.value !== "full" && option.value !== "custom";
   viewer.show(volume, windowOf(hu ? "lung" : "full", volume));
+  levels.then((bytes) => {
+    if (token === state.loadToken) threshold.attach(job, volume, bytes);
+  });
   viewer.addEventListener(
     "render",
     () => {
@@ -407,6 +420,14 @@ function setupControls() {
   $("demo").addEventListener("click", demo);
   setupDrop();
   syncToolbar = setupToolbar(viewer, () => state.jobs.find((j) => j.id === state.shown));
+  setupCompare(viewer, {
+    jobs: () => state.jobs,
+    names: labels,
+    show: (id) => {
+      state.epoch++;
+      select(id, false);
+    },
+  });
   document.body.dataset.viewer = "ready";
 }
 

@@ -5,6 +5,7 @@ const DOWNLOADS = [
   ["infection", "Infection mask"],
   ["report", "Report (JSON)"],
   ["overlay", "Overlay figure"],
+  ["probability", "Infection probability (uint8)"],
 ];
 const SVG = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
