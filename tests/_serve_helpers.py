@@ -177,17 +177,17 @@ def renders(page) -> int:
 
 
 #: JS: do ``[what, selector, value]`` (``click``; ``key``: a keydown of ``value``; ``change`` or
-#: ``input``: set ``value`` and fire that event), then wait until the viewer has drawn once
-#: more; the milliseconds in between.
-_TIMED = """async ([what, selector, value]) => {
-    const box = document.getElementById("viewer");
-    const before = Number(box.dataset.renders || 0);
-    const drawn = new Promise((resolve) => {
+#: ``input``: set ``value`` and fire that event), then wait until each viewer box named in
+#: ``boxes`` has drawn once more; the milliseconds in between.
+_TIMED = """async ([what, selector, value, boxes]) => {
+    const drawn = Promise.all(boxes.map((id) => new Promise((resolve) => {
+        const box = document.getElementById(id);
+        const before = Number(box.dataset.renders || 0);
         const watch = new MutationObserver(() => {
             if (Number(box.dataset.renders) > before) { watch.disconnect(); resolve(); }
         });
         watch.observe(box, { attributes: true, attributeFilter: ["data-renders"] });
-    });
+    })));
     const el = document.querySelector(selector);
     const t0 = performance.now();
     if (what === "click") el.click();
@@ -202,6 +202,9 @@ _TIMED = """async ([what, selector, value]) => {
 }"""
 
 
-def timed(page, what: str, selector: str, value: str = "") -> float:
-    """Milliseconds from an action on the page until the viewer has drawn its result."""
-    return page.evaluate(_TIMED, [what, selector, value])
+def timed(
+    page, what: str, selector: str, value: str = "", boxes: tuple[str, ...] = ("viewer",)
+) -> float:
+    """Milliseconds from an action on the page until the viewer (each of ``boxes``: the ids of
+    viewer boxes, ``viewer-b`` the comparison's second) has drawn its result."""
+    return page.evaluate(_TIMED, [what, selector, value, list(boxes)])

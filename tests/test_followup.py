@@ -139,3 +139,14 @@ def test_a_hair_of_motion_keeps_the_edge_slices():
         moved = np.eye(4)
         moved[2, 3] = dz
         assert np.array_equal(resample_onto(mask, affine, mask.shape, affine, moved), mask)
+
+
+def test_resampling_onto_the_same_grid_returns_the_mask_unchanged():
+    mask = (np.random.default_rng(1).random((9, 8, 5)) > 0.7).astype(np.uint8)
+    affine = np.diag([-0.7, 0.7, 2.5, 1.0])
+    affine[:3, 3] = (10.0, -4.0, 30.0)
+    same = resample_onto(mask, affine, mask.shape, affine)
+    assert np.array_equal(same, mask) and same is not mask
+    half = affine.copy()
+    half[0, 3] += 0.7  # its voxel i+1 sits where the first scan's voxel i is (x step -0.7)
+    assert np.array_equal(resample_onto(mask, half, mask.shape, affine)[:-1], mask[1:])

@@ -1,21 +1,24 @@
 """The viewer of `covseg serve` in a real headless Chromium: paging with keys, slider and number
 in every view, a toolbar that shows what is drawn, a page that stays usable while a scan loads,
-one redraw per change, and the latencies a user without a GPU sees (written to
-``viewer_latency.json`` in the test's folder and printed)."""
+one redraw per change, and the latencies a user without a GPU sees on a 31-slice scan: first
+image, toggles, window, slice steps, threshold slider, comparison of two cases (written to
+``viewer_latency.json`` in the test's folder, printed, and merged into $COVSEG_VIEWER_TIMINGS)."""
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 from io import BytesIO
 from pathlib import Path
+from statistics import median
 
 import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
 
-from _serve_helpers import SHOWN, coloured_pixels, renders, shown_job, timed
+from _serve_helpers import SHOWN, coloured_pixels, renders, shown_job, timed, wait_until
 from covseg.data.geometry import canonical_view
 from covseg.data.io import read_image
 from covseg.data.synthetic import make_phantom
@@ -201,30 +204,135 @@ LATENCY_SHAPES = [
     pytest.param((128, 128, 31), id="128x128x31"),
     pytest.param((512, 512, 31), id="512x512x31", marks=pytest.mark.slow),
 ]
+#: Where the latency test also merges its figures (``{scan: figures}``), if set.
+TIMINGS_ENV = "COVSEG_VIEWER_TIMINGS"
+
+#: JS: drop a file ``[base64, name]`` on the page; the page's clock at the drop.
+_DROP = """([b64, name]) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const data = new DataTransfer();
+    data.items.add(new File([bytes], name));
+    const t = performance.now();
+    document.getElementById("drop").dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true }));
+    return t;
+}"""
+
+#: JS: press Compare; the milliseconds until the second viewer has drawn the later scan (the
+#: earlier one is the scan already shown), and of those, the server's answer to /api/compare
+#: (resource timing). Its box may draw empty first as it appears, so the draw counted is the
+#: first one after the comparison says both are loaded.
+_COMPARE = """async () => {
+    const box = document.getElementById("viewer-b");
+    performance.clearResourceTimings(); // the page's polls may have filled the buffer (250)
+    const t0 = performance.now();
+    let loaded = null;
+    const drawn = new Promise((resolve) => {
+        const watch = new MutationObserver(() => {
+            const renders = Number(box.dataset.renders || 0);
+            if (loaded === null && document.body.dataset.compared) loaded = renders;
+            if (loaded !== null && renders > loaded) { watch.disconnect(); resolve(); }
+        });
+        const options = { attributes: true, attributeFilter: ["data-renders", "data-compared"] };
+        watch.observe(box, options);
+        watch.observe(document.body, options);
+    });
+    document.getElementById("compare-start").click();
+    await drawn;
+    const total = performance.now() - t0;
+    const api = performance.getEntriesByType("resource").filter((e) => e.name.includes("/api/compare?") && e.startTime >= t0);
+    return [total, api.length ? api[api.length - 1].duration : null];
+}"""
+
+
+def _ms(values: list[float]) -> list[float]:
+    return [round(v, 1) for v in values]
+
+
+def _threshold_moves(page, shipped: float) -> list[float]:
+    """Move the threshold slider to three other values: ms until the burden table is recounted
+    and the overlay redrawn (one pass over the whole volume, one draw); back to the shipped one."""
+    page.wait_for_selector("#threshold:not([hidden])")
+    times = []
+    for t in (t for t in ("0.3", "0.6", "0.45") if abs(float(t) - shipped) > 1e-6):
+        times.append(timed(page, "input", "#threshold-slider", t))
+        assert page.get_attribute("#burden", "data-threshold") == t  # the table is the recount
+    timed(page, "click", "#threshold-reset")
+    return times
+
+
+def _compare(page, served, scan: Path, earlier: str) -> dict[str, list[float]]:
+    """Segment ``scan`` too (through the API, so the page keeps showing job ``earlier``), compare
+    the two; ms until both are drawn, then ms per slice step with both shown (both redrawn)."""
+    r = page.request.post(
+        f"{served.url}api/jobs?name={scan.name}",
+        data=scan.read_bytes(),
+        headers={"content-type": "application/octet-stream"},
+    )
+    assert r.status == 202, r.text()
+    later = r.json()["id"]
+
+    def done():
+        job = page.request.get(f"{served.url}api/jobs/{later}").json()
+        assert job["state"] != "failed", job["error"]
+        return job["state"] == "done"
+
+    wait_until(done, timeout=900, step=0.5)
+    for select, job_id in (("#compare-before", earlier), ("#compare-after", later)):
+        page.wait_for_selector(f"{select} option[value='{job_id}']", state="attached")
+        page.select_option(select, value=job_id)
+    shown, api = page.evaluate(_COMPARE)
+    assert page.get_attribute("body", "data-compared") == f"{earlier}:{later}"
+    _drawn(page)
+    both = ("viewer", "viewer-b")
+    steps = [timed(page, "key", "#view", key, boxes=both) for key in ("ArrowUp", "ArrowDown")]
+    return {
+        "compare_to_both_drawn_ms": [round(shown, 1)],
+        "compare_api_ms": [round(api, 1)],
+        "compare_slice_step_ms": _ms(steps),
+    }
+
+
+def _record(figures: dict, folder: Path) -> None:
+    """Write the figures beside the test, print them, and merge them into $COVSEG_VIEWER_TIMINGS."""
+    text = json.dumps(figures, indent=2)
+    (folder / "viewer_latency.json").write_text(text)
+    print(f"\nviewer latency ({folder / 'viewer_latency.json'}):\n{text}")
+    if target := os.environ.get(TIMINGS_ENV):
+        path = Path(target)
+        merged = json.loads(path.read_text()) if path.is_file() else {}
+        merged[figures["scan"]] = figures
+        path.write_text(json.dumps(merged, indent=2))
+
+
+def _ratios(f: dict) -> dict[str, float]:
+    """Each change against references measured in the same run: the plain redraw (an overlay
+    toggle) and the first image after the job (load + first draw)."""
+    toggle, first = median(f["overlay_toggle_ms"]), 1000 * f["finished_to_image_s"]
+    return {
+        "threshold_move_vs_toggle": round(median(f["threshold_move_ms"]) / toggle, 2),
+        "threshold_move_vs_first_image": round(median(f["threshold_move_ms"]) / first, 3),
+        "window_change_vs_toggle": round(median(f["window_change_ms"]) / toggle, 2),
+        "compare_vs_first_image": round(f["compare_to_both_drawn_ms"][0] / first, 2),
+        "compare_api_share": round(f["compare_api_ms"][0] / f["compare_to_both_drawn_ms"][0], 2),
+        "compare_slice_step_vs_slice_step": round(
+            median(f["compare_slice_step_ms"]) / median(f["slice_step_ms"]), 2
+        ),
+    }
 
 
 @pytest.mark.parametrize("shape", LATENCY_SHAPES)
 def test_browser_a_31_slice_scan_is_usable_within_5_s_of_its_job_finishing(
     page, served, tmp_path, shape
 ):
+    """The figures go to ``viewer_latency.json`` (and $COVSEG_VIEWER_TIMINGS); only the issue's
+    5 s to the first image and 1 s per change are asserted, generous on a loaded machine."""
     scan = _phantom(tmp_path / "latency.nii.gz", shape, seed=5)
-    data = base64.b64encode(scan.read_bytes()).decode()
     page.evaluate(
         """() => new PerformanceObserver((list) => {
             window.longTasks = (window.longTasks || []).concat(list.getEntries().map((e) => [e.startTime, e.duration]));
         }).observe({ type: "longtask" })"""
     )
-    dropped = page.evaluate(
-        """([b64, name]) => {
-            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-            const data = new DataTransfer();
-            data.items.add(new File([bytes], name));
-            const t = performance.now();
-            document.getElementById("drop").dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true }));
-            return t;
-        }""",
-        [data, scan.name],
-    )
+    dropped = page.evaluate(_DROP, [base64.b64encode(scan.read_bytes()).decode(), scan.name])
     job = shown_job(page, served, timeout=900)
     marks = page.evaluate(
         """(id) => ({
@@ -237,9 +345,11 @@ def test_browser_a_31_slice_scan_is_usable_within_5_s_of_its_job_finishing(
     finished = job["finished"] * 1000 - marks["origin"]  # on the page's clock
     _drawn(page)
     toggles = [timed(page, "click", "#show-infection") for _ in range(4)]
+    draw_ms = float(page.get_attribute("#viewer", "data-render-ms"))  # the last toggle's draw
     windows = [timed(page, "change", "#ww", str(w)) for w in (400, 1500)]
     steps = [timed(page, "key", "#view", key) for key in ("ArrowUp", "ArrowDown", "PageUp")]
     views = [timed(page, "click", f"button.view[data-view='{v}']") for v in ("ALL", "AXIAL")]
+    thresholds = _threshold_moves(page, job["report"]["threshold"])
     long_tasks = page.evaluate("() => (window.longTasks || [])")
     after = [d for t, d in long_tasks if t >= finished]
     figures = {
@@ -248,17 +358,19 @@ def test_browser_a_31_slice_scan_is_usable_within_5_s_of_its_job_finishing(
         "drop_to_image_s": round((marks["image"] - dropped) / 1000, 3),
         "finished_to_image_s": round((marks["image"] - finished) / 1000, 3),
         "finished_to_page_knows_s": round((marks["seen"] - finished) / 1000, 3),
-        "overlay_toggle_ms": [round(t, 1) for t in toggles],
-        "window_change_ms": [round(t, 1) for t in windows],
-        "slice_step_ms": [round(t, 1) for t in steps],
-        "view_change_ms": [round(t, 1) for t in views],
+        "overlay_toggle_ms": _ms(toggles),
+        "draw_ms": draw_ms,
+        "window_change_ms": _ms(windows),
+        "slice_step_ms": _ms(steps),
+        "view_change_ms": _ms(views),
+        "threshold_move_ms": _ms(thresholds),
         "longest_task_after_finish_ms": round(max(after, default=0), 1),
-        "renderer": "2-D canvas, Chromium --disable-gpu (software)",
     }
-    (tmp_path / "viewer_latency.json").write_text(json.dumps(figures, indent=2))
-    print(
-        f"\nviewer latency ({tmp_path / 'viewer_latency.json'}):\n{json.dumps(figures, indent=2)}"
-    )
+    later = _phantom(tmp_path / "latency_later.nii.gz", shape, seed=6)
+    figures |= _compare(page, served, later, earlier=job["id"])
+    figures["ratios"] = _ratios(figures)
+    figures["renderer"] = "2-D canvas, Chromium --disable-gpu (software)"
+    _record(figures, tmp_path)
     assert figures["finished_to_image_s"] < 5, figures
     assert max(toggles + windows + steps) < 1000, figures
 

@@ -22,11 +22,8 @@ from covseg.data.geometry import canonical_view
 from covseg.data.io import Image
 from covseg.data.preprocess import normalize_intensity
 from covseg.errors import CovsegError, DataError
-from covseg.inference.burden import BurdenEstimate
-from covseg.inference.postprocess import estimate_counts, masks_from_probabilities
 from covseg.inference.predict import Probabilities
-from covseg.inference.probability import quantize_probability
-from covseg.inference.segmenter import PIXELS_PER_BATCH, Segmenter, SegmentResult
+from covseg.inference.segmenter import Segmenter, SegmentResult
 
 __all__ = ["segment_pictures"]
 
@@ -64,7 +61,7 @@ def segment_pictures(
             continue
         groups.setdefault((view.shape[1:], rule), []).append(i)
     for (hw, rule), idx in groups.items():
-        step = max(1, min(seg.predictor.batch_size, PIXELS_PER_BATCH // (hw[0] * hw[1])))
+        step = seg.batch_step(*hw)
         for k in range(0, len(idx), step):
             part = idx[k : k + step]
             raw = np.concatenate([views[i] for i in part])
@@ -84,29 +81,12 @@ def _result(
     """One picture's masks and report from its ``(1, H, W)`` probabilities (what
     :meth:`~covseg.inference.segmenter.Segmenter.segment_slices` and ``predict_image`` do for
     one slice)."""
-    masks = masks_from_probabilities(*probs, seg.post, seg.size)
-    lungs = np.zeros_like(image.array, dtype=np.uint8, subok=False)
-    infection = np.zeros_like(image.array, dtype=np.uint8, subok=False)
-    lung_view, inf_view = canonical_view(lungs, image), canonical_view(infection, image)
-    lung_view[:] = 0 if masks.lung is None else masks.lung
-    inf_view[:] = masks.infection
-    report = seg.report(
-        lung_view, inf_view, image.array.shape, rule, None, None, _estimate(seg, probs)
+    lungs, infection, prob = (
+        np.zeros_like(image.array, dtype=np.uint8, subok=False) for _ in range(3)
     )
-    result = SegmentResult(lungs, infection, report)
-    if probability:
-        result.probability = np.zeros_like(image.array, dtype=np.uint8, subok=False)
-        prob_view = canonical_view(result.probability, image)
-        prob_view[:] = quantize_probability(probs.infection, seg.post.threshold)
+    views = [canonical_view(a, image) for a in (lungs, infection, prob)]
+    expected, counts = seg.write_batch(probs, *views[:2], views[2] if probability else None)
+    estimate = seg.estimate(expected, counts)
+    report = seg.report(*views[:2], image.array.shape, rule, None, None, estimate)
+    result = SegmentResult(lungs, infection, report, probability=prob if probability else None)
     return result
-
-
-def _estimate(seg: Segmenter, probs: Probabilities) -> BurdenEstimate | None:
-    """The calibrated estimate of one picture (``None`` for an uncalibrated checkpoint), as
-    :meth:`~covseg.inference.segmenter.Segmenter.segment_slices` computes it."""
-    if not seg.meta.calibrated:
-        return None
-    cal = seg.calibration
-    thresholds = tuple(cal.interval_thresholds or ())
-    expected, counts = estimate_counts(probs, seg.post, thresholds, seg.size)
-    return BurdenEstimate(expected, (counts[1], counts[0]) if thresholds else None, cal)

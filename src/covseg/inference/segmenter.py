@@ -10,7 +10,11 @@ output masks, and one batch; nothing per slice is kept in float):
 3. masks at the slice's own size by :func:`~covseg.inference.postprocess.postprocess` — the step
    that ``evaluate``, ``cv`` and training validation share;
 4. the masks are written straight into arrays of the input's shape and voxel order through a view
-   of the canonical orientation (:func:`~covseg.data.geometry.canonical_view`).
+   of the canonical orientation (:meth:`~covseg.inference.arrays.ScanSlices.zeros`).
+
+What the segmenter is given (an array in one of three layouts, an
+:class:`~covseg.data.io.Image`) becomes canonical slices with their geometry, and what it gives
+back (:class:`~covseg.inference.arrays.SegmentResult`), in :mod:`covseg.inference.arrays`.
 
 File outputs (masks, report JSON, overlay) are :mod:`covseg.inference.outputs`' job: it calls the
 segmenter, never the other way round.
@@ -19,7 +23,6 @@ segmenter, never the other way round.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +31,16 @@ from torch import nn
 
 from covseg.checkpoint import load_checkpoint
 from covseg.config import FRAMINGS
-from covseg.data.geometry import canonical_spacing, canonical_view, voxel_volume_ml
-from covseg.data.io import MAX_SIDE, Image, check_affine
+from covseg.data.io import Image
 from covseg.data.preprocess import INTENSITY_RULES, detect_intensity_rule, normalize_intensity
 from covseg.errors import CheckpointError, DataError
-from covseg.inference.arrays import ARRAY_PATH, array_slices
+from covseg.inference.arrays import (
+    ScanSlices,
+    SegmentResult,
+    array_slices,
+    check_slices,
+    image_slices,
+)
 from covseg.inference.burden import BurdenEstimate, BurdenReport, burden_report
 from covseg.inference.calibration import calibrate
 from covseg.inference.framing import framed_probabilities
@@ -46,27 +54,6 @@ __all__ = ["SegmentResult", "Segmenter"]
 #: Output pixels post-processed per batch: the batch shrinks for large slices, so the float
 #: probabilities at full resolution stay within ~100 MB whatever the slice size.
 PIXELS_PER_BATCH = 8 * 512 * 512
-
-
-@dataclass
-class SegmentResult:
-    """Masks and report of one scan.
-
-    Attributes:
-        lungs: uint8 ``{0, 1}`` lungs, the input's shape and voxel order (includes infection).
-        infection: uint8 ``{0, 1}`` infection, the input's shape and voxel order.
-        report: the infection-burden report (``report.to_dict()`` is the JSON).
-        paths: the files written by :func:`covseg.inference.outputs.segment_file` (empty for
-            arrays).
-        probability: uint8 calibrated infection probability (:mod:`covseg.inference.probability`),
-            the input's shape and voxel order, when asked for; else ``None``.
-    """
-
-    lungs: np.ndarray
-    infection: np.ndarray
-    report: BurdenReport
-    paths: dict[str, Path] = field(default_factory=dict)
-    probability: np.ndarray | None = None
 
 
 class Segmenter:
@@ -195,21 +182,11 @@ class Segmenter:
         told from the values).
 
         Raises:
-            DataError: slices larger than :data:`MAX_SIDE`, NaN/inf values, or a range that fits
-                neither rule.
+            DataError: slices larger than :data:`~covseg.data.io.MAX_SIDE`, NaN/inf values
+                (:func:`~covseg.inference.arrays.check_slices`), or a range that fits neither
+                rule.
         """
-        if max(slices.shape[1:]) > MAX_SIDE:
-            h, w = slices.shape[1:]
-            raise DataError(
-                f"{path}: {h}x{w} px slices are larger than covseg's {MAX_SIDE} px limit; "
-                "downsample the image first"
-            )
-        # min/max propagate NaN and show inf without a full-size temporary (np.isfinite).
-        if (
-            np.issubdtype(slices.dtype, np.floating)
-            and not np.isfinite([np.min(slices), np.max(slices)]).all()
-        ):
-            raise DataError(f"{path}: NaN/inf values")
+        check_slices(slices, path)
         if self.intensity != "auto":
             return self.intensity
         try:
@@ -237,7 +214,7 @@ class Segmenter:
         from tqdm.auto import tqdm
 
         n, h, w = slices.shape
-        step = max(1, min(self.predictor.batch_size, PIXELS_PER_BATCH // (h * w)))
+        step = self.batch_step(h, w)
         with tqdm(
             total=n, desc=progress, unit="slice", disable=progress is None, leave=False
         ) as bar:
@@ -282,25 +259,50 @@ class Segmenter:
             probabilities summed over the predicted lungs) and the interval's voxel counts
             (:class:`~covseg.config.Calibration`); else ``None``.
         """
-        cal = self.calibration
-        thresholds = tuple(cal.interval_thresholds or ())
-        expected, bounds = 0.0, [0] * len(thresholds)
+        expected, bounds = 0.0, [0] * len(self.calibration.interval_thresholds or ())
         for i, probs in self.probabilities(slices, rule=rule, progress=progress, check=check):
-            masks = masks_from_probabilities(*probs, self.post, self.size)
-            k = len(masks.infection)
-            out_lung[i : i + k] = 0 if masks.lung is None else masks.lung
-            out_inf[i : i + k] = masks.infection
-            if out_prob is not None:
-                out_prob[i : i + k] = quantize_probability(probs.infection, self.post.threshold)
-            if self.meta.calibrated:
-                e, counts = estimate_counts(probs, self.post, thresholds, self.size)
-                expected, bounds = (
-                    expected + e,
-                    [a + b for a, b in zip(bounds, counts, strict=True)],
-                )
+            prob = None if out_prob is None else out_prob[i:]
+            e, counts = self.write_batch(probs, out_lung[i:], out_inf[i:], prob)
+            expected, bounds = expected + e, [a + b for a, b in zip(bounds, counts, strict=True)]
+        return self.estimate(expected, bounds)
+
+    def batch_step(self, height: int, width: int) -> int:
+        """Slices of ``height x width`` per forward pass (fewer for large slices, so a batch's
+        float probabilities stay within :data:`PIXELS_PER_BATCH`)."""
+        return max(1, min(self.predictor.batch_size, PIXELS_PER_BATCH // (height * width)))
+
+    def write_batch(
+        self,
+        probs: Probabilities,
+        out_lung: np.ndarray,
+        out_inf: np.ndarray,
+        out_prob: np.ndarray | None = None,
+    ) -> tuple[float, list[int]]:
+        """Write one batch's masks into the first ``len(probs.infection)`` slices of
+        ``out_lung``/``out_inf`` (and its uint8 calibrated probability into ``out_prob``'s).
+
+        Returns:
+            The batch's expected infected voxels and interval counts (zeros for an
+            uncalibrated checkpoint), to be summed over batches and given to :meth:`estimate`.
+        """
+        masks = masks_from_probabilities(*probs, self.post, self.size)
+        k = len(masks.infection)
+        out_lung[:k] = 0 if masks.lung is None else masks.lung
+        out_inf[:k] = masks.infection
+        if out_prob is not None:
+            out_prob[:k] = quantize_probability(probs.infection, self.post.threshold)
+        thresholds = tuple(self.calibration.interval_thresholds or ())
+        if not self.meta.calibrated:
+            return 0.0, [0] * len(thresholds)
+        return estimate_counts(probs, self.post, thresholds, self.size)
+
+    def estimate(self, expected: float, counts: Sequence[int]) -> BurdenEstimate | None:
+        """The calibrated burden estimate from :meth:`write_batch`'s sums (``None`` for an
+        uncalibrated checkpoint)."""
         if not self.meta.calibrated:
             return None
-        return BurdenEstimate(expected, (bounds[1], bounds[0]) if thresholds else None, cal)
+        cal = self.calibration
+        return BurdenEstimate(expected, (counts[1], counts[0]) if counts else None, cal)
 
     def segment_prepared(self, images01: np.ndarray) -> Masks:
         """Masks of slices already normalised (a prepared dataset's ``(N, S', S')`` images in
@@ -345,12 +347,7 @@ class Segmenter:
                 rule, a spacing or affine that does not fit.
             CheckpointError: a model without a lung head.
         """
-        volume = np.asarray(volume)
-        found = array_slices(volume, spacing, affine)
-        if isinstance(found, Image):
-            return self.predict_image(found, progress)
-        view, mm, voxel_ml = found
-        return self._predict(view, volume.shape, ARRAY_PATH, mm, voxel_ml, progress)
+        return self._predict(array_slices(np.asarray(volume), spacing, affine), progress)
 
     def predict_image(
         self,
@@ -369,57 +366,27 @@ class Segmenter:
                 affine.
             CheckpointError: a model without a lung head.
         """
-        a = image.array
-        if a.ndim == 3 and image.affine is None:
-            raise DataError(f"{image.path}: expected a 2-D picture or a 3-D volume with an affine")
-        if image.affine is not None:  # an Image built by hand: its geometry checked as read
-            check_affine(image.path, image.affine)
-        return self._predict(
-            canonical_view(a, image),
-            a.shape,
-            image.path,
-            canonical_spacing(image),
-            voxel_volume_ml(image),
-            progress,
-            image=image,
-            check=check,
-            probability=probability,
-        )
+        return self._predict(image_slices(image), progress, check, probability)
 
     def _predict(
         self,
-        slices: np.ndarray,
-        shape: tuple[int, ...],
-        path: Path,
-        mm: tuple[float, float, float | None] | None,
-        voxel_ml: float | None,
+        scan: ScanSlices,
         progress: bool,
-        image: Image | None = None,
         check: Callable[[], None] | None = None,
         probability: bool = False,
     ) -> SegmentResult:
         self.require_lung_head()
-        rule = self.intensity_rule(slices, path)
-        # The input's memory layout (NIfTI arrays are Fortran-ordered): the canonical views
-        # are then near-contiguous, and the NIfTI writer copies the masks out in one pass.
-        outs = [
-            np.zeros(shape, dtype=np.uint8)
-            if image is None
-            else np.zeros_like(image.array, dtype=np.uint8, subok=False)
-            for _ in range(3 if probability else 2)
-        ]
-        views = [
-            a.reshape(slices.shape) if image is None else canonical_view(a, image) for a in outs
-        ]
+        rule = self.intensity_rule(scan.slices, scan.path)
+        outs, views = zip(*(scan.zeros() for _ in range(3 if probability else 2)), strict=True)
         estimate = self.segment_slices(
-            slices,
+            scan.slices,
             *views[:2],
             rule=rule,
-            progress=path.name if progress else None,
+            progress=scan.path.name if progress else None,
             check=check,
             out_prob=views[2] if probability else None,
         )
-        report = self.report(*views[:2], shape, rule, mm, voxel_ml, estimate)
+        report = self.report(*views[:2], scan.shape, rule, scan.mm, scan.voxel_ml, estimate)
         return SegmentResult(*outs[:2], report, probability=outs[2] if probability else None)
 
     def report(

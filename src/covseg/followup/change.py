@@ -1,4 +1,4 @@
-"""Follow-up of one patient: what changed between two scans.
+"""What changed between two scans of one patient: their reports, and their masks voxel by voxel.
 
 Report level (:func:`compare_reports`): the change in lung and infection volume and in the
 percentage of lung infected, both lungs, left and right, from two ``covseg segment`` reports.
@@ -6,21 +6,18 @@ Voxel level: the second scan's mask put on the first scan's voxel grid through t
 (world RAS millimetre) coordinates (:func:`resample_onto`), optionally after a rigid
 registration of the second scan onto the first (:func:`rigid_transform`, SimpleITK) for a
 patient who lay differently; then :func:`mask_change` counts the infection that is new, resolved
-and persisting.
+and persisting (:func:`voxel_change`: both steps).
 
 Two scans are compared as their reports state them: when they were segmented by different
 models or thresholds, :attr:`FollowUp.notes` says so, since the change then mixes both.
 
-Files (``covseg compare-scans``, the viewer): :func:`find_case` finds a case's report and
-infection mask from what a user names, :func:`compare_cases` runs both levels on two cases.
+Arrays and report dicts in, no files: finding a case's files is :mod:`covseg.followup.cases`'.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -28,14 +25,10 @@ import numpy as np
 from covseg.errors import CovsegError, DataError
 
 __all__ = [
-    "Case",
     "FollowUp",
     "RegionChange",
-    "compare_cases",
     "compare_reports",
-    "find_case",
     "mask_change",
-    "read_report",
     "resample_onto",
     "rigid_transform",
     "voxel_change",
@@ -124,24 +117,6 @@ class FollowUp:
         ]
 
 
-def read_report(path: str | Path) -> dict[str, Any]:
-    """A ``covseg segment`` report JSON.
-
-    Raises:
-        DataError: a missing or unreadable file, or not a JSON object.
-    """
-    path = Path(path)
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{path}: not a readable report JSON ({err})") from None
-    if not isinstance(report, dict):
-        raise DataError(f"{path}: not a report (expected a JSON object)")
-    return report
-
-
 def compare_reports(before: Mapping[str, Any], after: Mapping[str, Any]) -> FollowUp:
     """The change from the ``before`` report to the ``after`` report.
 
@@ -227,6 +202,8 @@ def resample_onto(
     world = np.eye(4) if transform is None else np.asarray(transform, dtype=float)
     # First scan's voxel -> world -> the second scan's world -> the second scan's voxel.
     pull = np.linalg.inv(np.asarray(affine, dtype=float)) @ world @ np.asarray(target_affine)
+    if tuple(mask.shape) == tuple(shape) and np.allclose(pull, np.eye(4), atol=1e-6):
+        return np.array(mask)  # the same grid (a rescan read back, no movement): nothing to do
     # "grid-constant": a voxel reaches half a voxel beyond its centre, so an edge slice is kept
     # by a point a hair past its centre ("constant" drops it: the whole top slice, for +0.01 mm).
     return ndi.affine_transform(
@@ -358,96 +335,3 @@ def voxel_change(
         "registered": transform is not None,
         "transform": [[round(float(v), 6) for v in row] for row in used],
     }
-
-
-# ----------------------------------------------------------------------------- files
-@dataclass(frozen=True)
-class Case:
-    """One scan as ``covseg segment`` left it.
-
-    Attributes:
-        report: its report (``*_report.json``).
-        path: the report file (or what names the case in messages).
-        infection: its infection mask (a volume), ``None`` where there is none.
-        scan: the scan itself (for a registration), ``None`` where unknown.
-    """
-
-    report: Mapping[str, Any]
-    path: Path
-    infection: Path | None = None
-    scan: Path | None = None
-
-
-def find_case(path: str | Path, scan: str | Path | None = None) -> Case:
-    """A case from what a user names: its report, its output prefix (``out/case``) or a folder
-    holding one report; the infection mask beside the report when it was written (NIfTI).
-
-    Args:
-        path: the report, prefix or folder.
-        scan: the scan that was segmented; default: the report's ``input`` where that file
-            exists.
-
-    Raises:
-        DataError: no report there, a folder with several, or an unreadable report.
-    """
-    path = Path(path)
-    if path.is_dir():
-        found = sorted(path.glob("*_report.json"))
-        if len(found) != 1:
-            which = ": name one" if found else ""
-            raise DataError(f"{path}: {len(found)} *_report.json files in the folder{which}")
-        path = found[0]
-    elif not path.exists() and not path.name.endswith(".json"):
-        path = path.with_name(f"{path.name}_report.json")
-    report = read_report(path)
-    mask = path.with_name(path.name.removesuffix("_report.json") + "_infection.nii.gz")
-    given = report.get("input")
-    if scan is None and isinstance(given, str) and given and Path(given).exists():
-        scan = given
-    return Case(
-        report, path, mask if mask.is_file() else None, None if scan is None else Path(scan)
-    )
-
-
-def compare_cases(before: Case, after: Case, *, register: bool = False) -> FollowUp:
-    """The change between two cases: their reports, and their infection masks voxel by voxel
-    where both have one (brought together by world coordinates, after a rigid registration of
-    the scans when ``register``).
-
-    Raises:
-        DataError: reports :func:`compare_reports` refuses, an unreadable mask or scan, a scan
-            whose shape is not its mask's, or ``register`` without masks or scans.
-        CovsegError: ``register`` without SimpleITK.
-    """
-    from covseg.data.io import read_image
-
-    change = compare_reports(before.report, after.report)
-    if before.infection is None or after.infection is None:
-        if register:
-            missing = before if before.infection is None else after
-            raise DataError(f"{missing.path}: no infection mask beside it to register")
-        return change
-    a, b = (read_image(c.infection, labels=True) for c in (before, after))
-    if a.affine is None or b.affine is None:
-        raise DataError(f"{before.path}: the masks are pictures; no voxel-level change")
-    transform = None
-    if register:
-        fixed, moving = (_scan(c, m.array.shape) for c, m in ((before, a), (after, b)))
-        transform = rigid_transform(fixed.array, fixed.affine, moving.array, moving.affine)
-    voxels = voxel_change(a.array, a.affine, b.array, b.affine, transform)
-    return replace(change, voxels=voxels)
-
-
-def _scan(case: Case, shape: tuple[int, ...]) -> Any:
-    """The scan of ``case`` (an :class:`~covseg.data.io.Image`), checked against its mask."""
-    from covseg.data.io import read_image
-
-    if case.scan is None:
-        raise DataError(f"{case.path}: registration needs the scan that was segmented")
-    image = read_image(case.scan)
-    if image.array.shape != tuple(shape):
-        raise DataError(
-            f"{case.scan}: shape {image.array.shape} is not its mask's {tuple(shape)} "
-            "(not the scan that was segmented)"
-        )
-    return image
