@@ -21,5 +21,6 @@ for k in $FOLDS; do
         --derived-lung-weight 0.5 --epochs 30 --batch-size 4 --lr 2e-3 --dice-loss 1 \
         --dice-mode slice --patience 0 --device cpu --threads "$THREADS" --keep-epochs 5
 done
-# Scored like the shipped recipe's folds (per source: per-slice and per-patient Dice, burden):
-$py -m covseg calibrate "$OUT" --data prepared/medseg100 prepared/zenodo10 --out "$OUT/burden" --framing lungs
+# Scored per run and source against fast4's same fold (each run's own rule, last checkpoint, lung
+# framing; needs the five-fold study runs/study5_last of the shipped recipe, see the record):
+$py experiments/capacity_score.py $FOLDS

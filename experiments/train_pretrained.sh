@@ -19,6 +19,8 @@
 #    scores every test fold re-framed and re-windowed); FOLD=k runs one fold only.
 # 2. `covseg train` with the same recipe on all slices (validation slices held out inside, which
 #    choose the post-processing); its last-epoch weights are shipped by experiments/ship.py.
+#    Then `covseg calibrate` of the CV's last checkpoints (out of fold, lung framing) adds the
+#    calibration and burden interval to the shipped model, its rule kept (the same masks).
 # 3. experiments/lung5_check.py: the shipped model's lungs on ../shared/data/zenodo-lung5 through
 #    the NIfTI path of `covseg segment`.
 # Settings (environment): DATA, OUT, EPOCHS, THREADS, STEPS, FOLD (one fold only: no report;
@@ -76,5 +78,8 @@ fi
 if [[ " $STEPS " == *" ship "* ]]; then
     $py experiments/ship.py "$FINAL/last.safetensors" src/covseg/pretrained/model.safetensors --framing lungs \
         --dataset "medseg100-train (MedSeg, 50 slices, expert infection, derived lungs) + zenodo10-expert (Zenodo COVID-19 CT, 819 slices of 9 patients, expert lungs and infection)"
+    # shellcheck disable=SC2086
+    $cs calibrate "$CV" --data $SETS --out "$CV/burden" --rule-from pretrained --framing lungs \
+        --ship src/covseg/pretrained/model.safetensors --dest src/covseg/pretrained/model.safetensors
     $py experiments/lung5_check.py --json "$FINAL/lung5.json"
 fi

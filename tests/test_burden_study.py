@@ -84,3 +84,17 @@ def test_study_reports_both_estimates_per_source_and_a_headline():
     assert exp["n_intervals"] == 12
     own = rec["own"]["summary"]["a"]
     assert "expected" not in own and own["mask"]["n_cases"] == 12
+
+
+def test_the_headline_is_judged_under_the_rule_that_is_shipped():
+    rec = study(_cases(), model_size=32, rule=PostProcessing(threshold=0.5))
+    for part in ("nested", "nested_rule"):
+        per = rec[part]["summary"].values()
+        mask = np.mean([s["mask"]["median_abs_relative_error"] for s in per])
+        exp = np.mean([s["expected"]["median_abs_relative_error"] for s in per])
+        assert headline(rec, part) == ("expected" if exp < mask else "mask")
+    # the two parts disagree here once the kept rule's masks are made worse than the chosen
+    worse = rec["nested_rule"]["summary"]
+    for s in worse.values():
+        s["mask"]["median_abs_relative_error"] = 9.0
+    assert headline(rec, "nested_rule") == "expected"

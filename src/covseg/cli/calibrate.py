@@ -67,6 +67,8 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     )
     print((Path(args.out) / "burden_oof.md").read_text())
     print(f"headline estimate (smaller nested error): {rec['headline']}")
+    if "headline_rule" in rec:
+        print(f"headline estimate with the kept rule: {rec['headline_rule']}")
     if args.ship is not None:
         how = "calibration and interval only" if rule is not None else "calibration, rule"
         dest = ship_calibrated(

@@ -135,8 +135,9 @@ class Calibration:
         interval_thresholds: ``(low, high)`` calibrated-probability thresholds: the infection
             mask volumes at ``high`` and at ``low`` (same post-processing otherwise) bound the
             infected volume; ``None``: no interval.
-        interval_coverage: the share of out-of-fold patients whose true volume the interval
-            held when it was chosen (the smallest over data sources), for the record.
+        interval_coverage: the share of out-of-fold cases (patients or slices) whose true
+            volume the interval held when it was chosen (the smallest over data sources), for
+            the record.
         headline: which infected volume ``segment`` puts first: ``"mask"`` (the mask's
             volume) or ``"expected"`` (the sum of calibrated probabilities within the lungs),
             whichever had the smaller out-of-fold error.

@@ -62,11 +62,11 @@ export function renderReport(job, label, onSlice) {
     const cover = est.interval_coverage_out_of_fold;
     estEl.textContent = `Calibrated estimate: ${fmt(est.expected_percent, 2)} % infected` +
       (iv ? `, interval ${fmt(iv[0], 2)}–${fmt(iv[1], 2)} %` : "") +
-      (cover !== null && cover !== undefined ? ` (held the expert's burden for ${Math.round(100 * cover)} % of out-of-fold patients)` : "") +
+      (cover !== null && cover !== undefined ? ` (held the expert's burden for ${Math.round(100 * cover)} % of out-of-fold cases)` : "") +
       (est.headline === "expected" ? "; the expected value is the headline figure" : "");
   }
   const spacing = report.spacing_mm ? report.spacing_mm.map((v) => fmt(v, 2)).join(" × ") + " mm" : "pixel size unknown";
-  $("report-meta").textContent = `${report.shape.join(" × ")} voxels, ${spacing}; intensities ${report.intensity_rule}; threshold ${report.threshold}; model ${report.model_id.slice(0, 12)}; covseg ${report.covseg_version}`;
+  $("report-meta").textContent = `${report.shape.join(" × ")} voxels, ${spacing}; intensities ${report.intensity_rule}; threshold ${Number(report.threshold).toFixed(3)}; model ${report.model_id.slice(0, 12)}; covseg ${report.covseg_version}`;
   // One slice (a picture) has no "along the scan".
   $("along").hidden = report.infection_area_per_slice.length < 2;
   renderPlot(report, onSlice);
