@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from covseg.models import SegOutput
-from covseg.training.losses import BifurcatedLoss, soft_dice_loss
+from covseg.training.losses import BifurcatedLoss, soft_dice_loss, volume_loss
 
 
 def _bce(logit: float, y: float) -> float:
@@ -105,3 +105,72 @@ def test_loss_dice_mode_is_checked_and_used():
     # per slice: (missed 1-pixel lesion 1 - 1/2 + empty slice 0) / 2; batch: 1 - 1/2
     assert per_slice(out, None, y).infection.item() == pytest.approx(bce + 0.25, abs=1e-4)
     assert batch(out, None, y).infection.item() == pytest.approx(bce + 0.5, abs=1e-4)
+
+
+def test_volume_term_is_the_relative_area_error_per_slice_by_hand():
+    big = 20.0  # logits that make sigmoid 0 or 1 to float precision
+    target = torch.zeros(3, 1, 4, 4)
+    target[0, 0, :2] = 1  # 8 px
+    target[1, 0, 0, :2] = 1  # 2 px
+    logits = torch.full((3, 1, 4, 4), -big)
+    logits[0, 0, 2:] = big  # 8 px, none overlapping: the right area, the wrong place
+    logits[1, 0, :, :3] = big  # 12 px for 2 true
+    # slice 2: empty truth, empty prediction
+    by_hand = [0 / 17, 10 / 15, 0 / 1]
+    assert volume_loss(logits, target).item() == pytest.approx(sum(by_hand) / 3, abs=1e-5)
+    w = torch.tensor([1.0, 0.0, 1.0])  # a weight-0 slice adds nothing
+    assert volume_loss(logits, target, w).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_volume_term_pulls_the_predicted_area_towards_the_true_one():
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., :2, :] = 1  # 16 px
+    logits = torch.zeros(1, 1, 8, 8, requires_grad=True)  # 32 px of soft area: too much
+    volume_loss(logits, target).backward()
+    assert logits.grad is not None and bool((logits.grad > 0).all())  # lowering every logit helps
+
+
+def test_loss_adds_the_volume_term_to_the_final_head_only():
+    torch.manual_seed(0)
+    out = SegOutput(torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8))
+    lung = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    inf = (torch.rand(2, 1, 8, 8) > 0.7).float()
+    plain = BifurcatedLoss()(out, lung, inf)
+    with_volume = BifurcatedLoss(volume=0.5)(out, lung, inf)
+    extra = 0.5 * volume_loss(out.infection, inf)
+    assert with_volume.infection.item() == pytest.approx((plain.infection + extra).item())
+    assert with_volume.infection_aux.item() == pytest.approx(plain.infection_aux.item())
+    assert with_volume.total.item() == pytest.approx((plain.total + 2.0 * extra).item())
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan")])
+def test_train_config_refuses_a_negative_or_nan_volume_weight(bad):
+    from covseg.config import TrainConfig
+
+    with pytest.raises(ValueError, match="volume"):
+        TrainConfig(volume=bad)
+
+
+def test_a_train_config_saved_before_the_volume_term_reads_back_without_it():
+    from dataclasses import asdict
+
+    from covseg.config import TrainConfig
+    from covseg.config.serialize import from_dict
+
+    old = asdict(TrainConfig(dice=1.0, dice_mode="slice"))
+    del old["volume"]
+    assert from_dict(TrainConfig, old) == TrainConfig(dice=1.0, dice_mode="slice")
+
+
+def test_training_with_the_volume_term_records_it_and_logs_a_finite_loss(tmp_path):
+    import csv
+
+    from _train_helpers import FAST, TINY, prepared_phantoms
+    from covseg.checkpoint import read_meta
+    from covseg.training.loop import train
+
+    data = prepared_phantoms(tmp_path, cases=3, slices=4, size=32)
+    run = train(TINY, FAST.replace(epochs=1, volume=0.5), data, tmp_path / "run")
+    assert read_meta(run / "last.safetensors").train_config.volume == 0.5
+    rows = list(csv.DictReader((run / "log.csv").read_text().splitlines()))
+    assert math.isfinite(float(rows[-1]["loss"]))

@@ -58,6 +58,12 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
         "--dice-loss", type=bounded_float(0.0), default=0.0, help="extra soft-Dice weight"
     )
     p.add_argument(
+        "--volume-loss",
+        type=bounded_float(0.0),
+        default=0.0,
+        help="weight of a per-slice infected-area error term on the final head (burden)",
+    )
+    p.add_argument(
         "--dice-mode",
         choices=["batch", "slice"],
         default="batch",
@@ -143,6 +149,7 @@ def _build_configs(args: argparse.Namespace):
         keep_epochs=args.keep_epochs,
         dice=args.dice_loss,
         dice_mode=args.dice_mode,
+        volume=args.volume_loss,
         augment=not args.no_augment,
         augmentation=args.augmentation,
         sampling=args.sampling,

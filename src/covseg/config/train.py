@@ -36,6 +36,8 @@ class TrainConfig:
         dice_mode: ``"batch"`` (one soft Dice over all pixels of a batch, the surrogate of the
             pooled Dice) or ``"slice"`` (the mean of each slice's soft-Dice term, the surrogate
             of the per-slice mean Dice that Table 2 reports).
+        volume: weight of a per-slice relative infected-area error term on the final head
+            (:func:`covseg.training.losses.volume_loss`; 0 = off).
         augment: random flips, rotations, zooms and intensity changes of training slices.
         augmentation: which augmentation (:data:`covseg.data.augment.PROFILES`): ``"basic"``
             (left-right flips, small rotations and zooms, contrast) or ``"robust"`` (also
@@ -96,6 +98,7 @@ class TrainConfig:
     w_final: float = 2.0
     dice: float = 0.0
     dice_mode: Literal["batch", "slice"] = "batch"
+    volume: float = 0.0
     augment: bool = True
     augmentation: Literal["basic", "robust", "robust_lungs", "robust_clahe_first"] = "basic"
     sampling: Literal["slices", "sources"] = "slices"
@@ -128,6 +131,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.device: unknown {self.device!r}")
         if self.augmentation not in AUGMENTATIONS:
             raise ValueError(f"TrainConfig.augmentation: unknown {self.augmentation!r}")
+        if not self.volume >= 0:
+            raise ValueError(f"TrainConfig.volume: must be >= 0, got {self.volume!r}")
         if self.dice_mode not in ("batch", "slice"):
             raise ValueError(f"TrainConfig.dice_mode: unknown {self.dice_mode!r}")
         if self.sampling not in ("slices", "sources"):

@@ -188,7 +188,9 @@ def _train(
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    loss_fn = BifurcatedLoss(cfg.w_lung, cfg.w_aux, cfg.w_final, cfg.dice, cfg.dice_mode)
+    loss_fn = BifurcatedLoss(
+        cfg.w_lung, cfg.w_aux, cfg.w_final, cfg.dice, cfg.dice_mode, volume=cfg.volume
+    )
     amp_dtype = _amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     val_images, val_truth = stack_slices(data, val_items)

@@ -10,7 +10,7 @@ from torch import nn
 
 from covseg.models.bifurcated import SegOutput
 
-__all__ = ["BifurcatedLoss", "LossTerms", "soft_dice_loss"]
+__all__ = ["BifurcatedLoss", "LossTerms", "soft_dice_loss", "volume_loss"]
 
 
 @dataclass
@@ -58,6 +58,30 @@ def soft_dice_loss(
     return weight.mean() * (1 - (2 * inter + eps) / ((w * p).sum() + (w * target).sum() + eps))
 
 
+def volume_loss(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Each slice's relative error of the soft infected area, averaged over the batch.
+
+    ``|sum(p) - sum(y)| / (sum(p) + sum(y) + 1)`` per slice (``p = sigmoid(logits)``): 0 when
+    the predicted and true areas agree whatever the overlap, towards 1 when one is much larger
+    than the other, 0 for an empty slice predicted empty. It penalises the error of the
+    infection burden (an area summed over slices) directly, which Dice and BCE reward only
+    through the overlap.
+
+    Args:
+        logits: ``(B, 1, H, W)`` logits.
+        target: ``(B, 1, H, W)`` targets in {0, 1}.
+        weight: per-sample weights ``(B,)``: the batch mean of weight x each slice's term.
+    """
+    pred = torch.sigmoid(logits).flatten(1).sum(1)
+    true = target.flatten(1).sum(1)
+    terms = (pred - true).abs() / (pred + true + 1)
+    if weight is None:
+        return terms.mean()
+    return (terms * weight.to(terms.dtype)).mean()
+
+
 def _bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     """Mean BCE; with per-sample ``weight``, the batch mean of weight x each sample's mean."""
     if weight is None:
@@ -80,6 +104,8 @@ class BifurcatedLoss(nn.Module):
         dice: weight of the soft-Dice term added to both infection heads (0 = off).
         dice_mode: ``"batch"`` (one Dice over the batch's pixels) or ``"slice"`` (the mean of
             each slice's Dice term, the surrogate of the per-slice mean metric).
+        volume: weight of :func:`volume_loss` added to the final infection head (the one whose
+            masks are measured; 0 = off).
 
     Per-sample weights (``forward``'s ``weight`` for the infection heads, ``lung_weight`` for
     the lung head; ``(B,)``, default 1) make each term the batch mean of weight x the sample's
@@ -97,12 +123,13 @@ class BifurcatedLoss(nn.Module):
         w_final: float = 2.0,
         dice: float = 0.0,
         dice_mode: str = "batch",
+        volume: float = 0.0,
     ) -> None:
         super().__init__()
         if dice_mode not in ("batch", "slice"):
             raise ValueError(f"BifurcatedLoss: unknown dice_mode {dice_mode!r}")
         self.w_lung, self.w_aux, self.w_final, self.dice = w_lung, w_aux, w_final, dice
-        self.dice_mode = dice_mode
+        self.dice_mode, self.volume = dice_mode, volume
 
     def _infection_term(
         self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None
@@ -123,6 +150,8 @@ class BifurcatedLoss(nn.Module):
         lung_weight: torch.Tensor | None = None,
     ) -> LossTerms:
         final = self._infection_term(out.infection, infection, weight)
+        if self.volume > 0:
+            final = final + self.volume * volume_loss(out.infection, infection, weight)
         total = self.w_final * final
         lung_term = aux_term = None
         if out.lung is not None and lung is not None:
