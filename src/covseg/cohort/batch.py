@@ -81,12 +81,9 @@ def _result(
     """One picture's masks and report from its ``(1, H, W)`` probabilities (what
     :meth:`~covseg.inference.segmenter.Segmenter.segment_slices` and ``predict_image`` do for
     one slice)."""
-    lungs, infection, prob = (
-        np.zeros_like(image.array, dtype=np.uint8, subok=False) for _ in range(3)
-    )
-    views = [canonical_view(a, image) for a in (lungs, infection, prob)]
-    expected, counts = seg.write_batch(probs, *views[:2], views[2] if probability else None)
+    outs = [np.zeros_like(image.array, dtype=np.uint8, subok=False) for _ in range(2 + probability)]
+    views = [canonical_view(a, image) for a in outs]
+    expected, counts = seg.write_batch(probs, *views)
     estimate = seg.estimate(expected, counts)
     report = seg.report(*views[:2], image.array.shape, rule, None, None, estimate)
-    result = SegmentResult(lungs, infection, report, probability=prob if probability else None)
-    return result
+    return SegmentResult(outs[0], outs[1], report, probability=outs[2] if probability else None)
