@@ -44,7 +44,7 @@ def summarise(record: dict, runs: list[str]) -> dict:
             ),
             "bias_percent_points": float(np.mean([c["mask"]["percent_error"] for c in cs])),
             "cases": {
-                f'{c["run"]}/{c["mask"]["case"]}': {
+                f"{c['run']}/{c['mask']['case']}": {
                     "dice": round(c["mask"]["pooled_dice"], 4),
                     "rel_vol_err": round(c["mask"]["relative_error"], 4),
                 }
