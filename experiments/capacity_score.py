@@ -10,31 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from paired_folds import summarise  # experiments/ is the script's folder, first on sys.path
 
 from covseg.studies.calibrate import run_study
 
 data = ["prepared/medseg100", "prepared/zenodo10"]
 folds = [int(a) for a in sys.argv[1:]] or [2]
-
-
-def per_run(rec, run):
-    out = {}
-    cases = [c for c in rec["own"]["cases"] if c["run"] == run]
-    for src in sorted({c["mask"]["source"] for c in cases}):
-        cs = [c for c in cases if c["mask"]["source"] == src]
-        n = sum(c["n_slices"] for c in cs)
-        out[src] = {
-            "n_cases": len(cs),
-            "n_slices": n,
-            "per_slice_dice": sum(c["slice_dice_mean"] * c["n_slices"] for c in cs) / n,
-            "per_patient_dice": float(np.mean([c["mask"]["pooled_dice"] for c in cs])),
-            "median_abs_rel_vol_err": float(
-                np.median([abs(c["mask"]["relative_error"]) for c in cs])
-            ),
-            "cases": {c["mask"]["case"]: round(c["mask"]["pooled_dice"], 4) for c in cs},
-        }
-    return out
 
 
 result = {}
@@ -57,8 +38,8 @@ for k in folds:
         ref_path = "runs/study_124/burden_oof.json"
     ref = json.loads(Path(ref_path).read_text())
     result[f"fold{k}"] = {
-        "fast4_wide": per_run(wide, f"fold{k}_rep0"),
-        "fast4": per_run(ref, f"fold{k}_rep0"),
+        "fast4_wide": summarise(wide, [f"fold{k}_rep0"]),
+        "fast4": summarise(ref, [f"fold{k}_rep0"]),
         "fast4_from": ref_path,
         "seconds": round(time.time() - t),
     }
