@@ -68,6 +68,9 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
 
     Yields:
         The temporary path to write. On an exception it is removed and ``path`` is untouched.
+
+    Raises:
+        OSError: a refused write or rename, naming ``path`` where it named the temporary.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,6 +81,10 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
+    except OSError as err:  # name the file asked for: the hidden temporary means nothing
+        if str(err.filename) == str(tmp):
+            raise OSError(err.errno, err.strerror, str(path)) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

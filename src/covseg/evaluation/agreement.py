@@ -196,7 +196,8 @@ def agreement(cases: Sequence[CaseBurden]) -> dict[str, Any]:
         "n_cases": len(cases),
         "median_abs_relative_error": float(np.median(np.abs(rel))) if len(rel) else nan,
         "mean_relative_error": float(rel.mean()) if len(rel) else nan,
-        "overestimated": int((rel > 0).sum()),
+        # Of all cases: a case without true infection is overestimated by any prediction.
+        "overestimated": sum(c.pred_infection > c.true_infection for c in cases),
         "median_abs_percent_error": float(np.median(np.abs(pct))) if len(pct) else nan,
         "bland_altman": {
             "bias": bias,

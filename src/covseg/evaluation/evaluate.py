@@ -13,6 +13,7 @@ summarises it, ``cv`` writes it as a run's ``test_metrics.json``, ``report`` rea
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -152,10 +153,13 @@ def evaluate(
 
     Raises:
         CheckpointError: a missing or damaged checkpoint.
-        CovsegError: an unknown variant name (before any work).
+        CovsegError: an unknown variant name, or a ``json_out`` that cannot be written
+            (both before any work).
         DataError: unusable data.
     """
     variants = None if robustness is None else check_variants(robustness)
+    if json_out is not None:
+        _check_writable(Path(json_out))
     model, meta = load_checkpoint(checkpoint)
     if threshold is not None:
         try:
@@ -183,6 +187,17 @@ def evaluate(
     if json_out is not None:
         write_json(json_out, result)
     return result
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse, before any work, a ``--json`` that could not be written after it."""
+    if path.is_dir():
+        raise CovsegError(f"{path}: --json is a folder")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:  # what write_json would create
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise CovsegError(f"{path}: --json cannot be written ({parent} is not a writable folder)")
 
 
 def format_table(result: dict[str, Any]) -> str:

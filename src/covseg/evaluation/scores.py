@@ -213,4 +213,10 @@ def _case_burden(d: Any) -> CaseBurden:
     if not isinstance(d, dict):
         raise ValueError("a burden row is not an object")
     iv = d.get("interval")
-    return CaseBurden(**{**d, "interval": None if iv is None else (float(iv[0]), float(iv[1]))})
+    # Numbers checked here (ValueError/TypeError: a damaged record), not at the first sum.
+    volumes = {
+        k: float(d[k]) for k in ("true_infection", "pred_infection", "true_lung", "pred_lung")
+    }
+    counts = {k: int(d[k]) for k in ("tp", "fp", "fn")}
+    interval = None if iv is None else (float(iv[0]), float(iv[1]))
+    return CaseBurden(**{**d, **volumes, **counts, "interval": interval})

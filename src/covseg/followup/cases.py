@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from covseg.errors import DataError
-from covseg.followup.change import FollowUp, compare_reports, rigid_transform, voxel_change
+from covseg.followup.change import (
+    FollowUp,
+    check_report,
+    compare_reports,
+    rigid_transform,
+    voxel_change,
+)
 
 __all__ = ["Case", "compare_cases", "find_case", "read_report"]
 
@@ -74,7 +80,8 @@ def find_case(path: str | Path, scan: str | Path | None = None) -> Case:
         The :class:`Case`: its report, and the infection mask and scan where they are found.
 
     Raises:
-        DataError: no report there, a folder with several, or an unreadable report.
+        DataError: no report there, a folder with several, or an unreadable report, or one
+            without the numbers :func:`~covseg.followup.change.compare_reports` reads.
     """
     path = Path(path)
     if path.is_dir():
@@ -86,6 +93,8 @@ def find_case(path: str | Path, scan: str | Path | None = None) -> Case:
     elif not path.exists() and not path.name.endswith(".json"):
         path = path.with_name(f"{path.name}_report.json")
     report = read_report(path)
+    case = report.get("case")
+    check_report(report, f"{path}: {case}" if isinstance(case, str) and case else str(path))
     mask = path.with_name(path.name.removesuffix("_report.json") + "_infection.nii.gz")
     given = report.get("input")
     if scan is None and isinstance(given, str) and given and Path(given).exists():

@@ -9,13 +9,15 @@ patient who lay differently; then :func:`mask_change` counts the infection that 
 and persisting (:func:`voxel_change`: both steps).
 
 Two scans are compared as their reports state them: when they were segmented by different
-models or thresholds, :attr:`FollowUp.notes` says so, since the change then mixes both.
+models, thresholds, TTA, framings or intensity rules, :attr:`FollowUp.notes` says so, since the
+change then mixes both.
 
 Arrays and report dicts in, no files: finding a case's files is :mod:`covseg.followup.cases`'.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -27,6 +29,7 @@ from covseg.errors import CovsegError, DataError
 __all__ = [
     "FollowUp",
     "RegionChange",
+    "check_report",
     "compare_reports",
     "mask_change",
     "resample_onto",
@@ -128,26 +131,46 @@ def compare_reports(before: Mapping[str, Any], after: Mapping[str, Any]) -> Foll
         Both lungs, left and right; volumes in mL, percentages of the lung.
 
     Raises:
-        DataError: a report without volumes (a 2-D picture has no voxel size) or missing a
-            field, named by its case.
+        DataError: a report without volumes (a 2-D picture has no voxel size), missing a
+            field, or with a field that is not a finite number >= 0, named by its case.
     """
+    b, a = (str(r.get("case", "a report")) for r in (before, after))
     regions = tuple(
-        _region_change(name, _numbers(before, key), _numbers(after, key))
+        _region_change(name, _numbers(before, key, b), _numbers(after, key, a))
         for name, key in REGIONS.items()
     )
     return FollowUp(str(before.get("case")), str(after.get("case")), regions, _notes(before, after))
 
 
-def _numbers(report: Mapping[str, Any], key: str) -> tuple[float, float, float | None]:
-    """``(lung mL, infection mL, percent)`` of one region of a report."""
-    case = report.get("case", "a report")
+def check_report(report: Mapping[str, Any], name: str) -> None:
+    """Check that a report has what :func:`compare_reports` reads.
+
+    Args:
+        report: a ``covseg segment`` report.
+        name: what the message calls it (its file).
+
+    Raises:
+        DataError: as :func:`compare_reports`, naming ``name``.
+    """
+    for key in REGIONS.values():
+        _numbers(report, key, name)
+
+
+def _numbers(report: Mapping[str, Any], key: str, name: str) -> tuple[float, float, float | None]:
+    """``(lung mL, infection mL, percent)`` of one region of a report (``name``: messages)."""
     region = report.get(key) if key else report
     if not isinstance(region, Mapping) or any(f not in region for f in _FIELDS):
         where = f"'{key}' " if key else ""
-        raise DataError(f"{case}: the report lacks {where}{', '.join(_FIELDS)}")
+        raise DataError(f"{name}: the report lacks {where}{', '.join(_FIELDS)}")
     lung, infection, percent = (region[f] for f in _FIELDS)
     if lung is None or infection is None:
-        raise DataError(f"{case}: the report has no volumes (a picture has no voxel size)")
+        raise DataError(f"{name}: the report has no volumes (a picture has no voxel size)")
+    for field, v in zip(_FIELDS, (lung, infection, percent), strict=True):
+        # A hand-edited or foreign report: a string would be a traceback, NaN a NaN change.
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if (v is not None or field != "infection_percent") and not (ok and v >= 0):
+            where = f"{key}." if key else ""
+            raise DataError(f"{name}: {where}{field} is {v!r}, not a number >= 0")
     return float(lung), float(infection), None if percent is None else float(percent)
 
 
@@ -167,7 +190,13 @@ def _region_change(region: str, before: tuple, after: tuple) -> RegionChange:
 
 def _notes(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[str, ...]:
     notes = []
-    for key, what in (("model_id", "models"), ("threshold", "thresholds")):
+    for key, what in (
+        ("model_id", "models"),
+        ("threshold", "thresholds"),
+        ("tta", "test-time augmentation settings"),
+        ("framing", "framings"),
+        ("intensity_rule", "intensity rules"),
+    ):
         if before.get(key) != after.get(key):
             notes.append(
                 f"the scans were segmented with different {what} ({before.get(key)} and "

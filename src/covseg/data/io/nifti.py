@@ -269,7 +269,14 @@ def write_nifti_labels(labels: np.ndarray, ref: Image, path: Path) -> None:
     header = ref.header.copy() if ref.header is not None else None
     if ref.kind == "nifti" and header is not None:
         affine = header.get_best_affine()  # the file's own units (ref.affine is in mm)
-    img = nib.Nifti1Image(labels, affine, header)
+    # A NIfTI-2 input gets NIfTI-2 masks: its header in a NIfTI-1 image is "fixed" with log
+    # lines on stderr.
+    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    img = image_class(labels, affine, header)
     img.set_data_dtype(np.uint8)
     img.header.set_slope_inter(1, 0)
+    # The CT's display window (cal_min/cal_max, e.g. -1000..400) and intent are not the mask's:
+    # viewers that honour the window would draw 0 and 1 alike.
+    img.header["cal_min"] = img.header["cal_max"] = 0
+    img.header.set_intent("none")
     nib.save(img, str(path))
