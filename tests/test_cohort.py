@@ -139,6 +139,25 @@ def test_a_case_missing_a_file_is_done_again(checkpoint, tmp_path):
     assert _table(out)["p01"]["status"] == "done" and _table(out)["p00"]["status"] == "skipped"
 
 
+def test_an_input_replaced_under_its_name_is_done_again(checkpoint, tmp_path):
+    # A rerun once kept a replaced scan's old masks, of another shape, as "skipped".
+    src = _cohort(tmp_path, pictures=1, volumes=1)
+    out = tmp_path / "out"
+    assert _segment(src, out, checkpoint) == 0
+    first = _reports(out)
+    _nifti(src / "v00.nii.gz", 7, shape=(28, 28, 4))  # another scan, the same name
+    assert _segment(src, out, checkpoint) == 0
+    assert nib.load(out / "v00_lungs.nii.gz").shape == (28, 28, 4)
+    assert json.loads((out / "v00_report.json").read_text())["shape"] == [28, 28, 4]
+    assert _reports(out)["p00_report.json"] == first["p00_report.json"]
+    table = _table(out)
+    assert table["v00"]["status"] == "done" and table["p00"]["status"] == "skipped"
+    # the same bytes with another time (``cp`` without -p) count as changed; unchanged: skipped
+    os.utime(src / "p00.png", ns=(1, 1))
+    assert _segment(src, out, checkpoint) == 0
+    assert _table(out)["p00"]["status"] == "done" and _table(out)["v00"]["status"] == "skipped"
+
+
 # ------------------------------------------------------------------------------ failures
 def test_failed_case_is_listed_and_the_batch_goes_on(checkpoint, tmp_path, capsys):
     src = _cohort(tmp_path, pictures=2, volumes=0)

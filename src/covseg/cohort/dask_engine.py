@@ -230,7 +230,17 @@ def _absolute(
     settings = dataclasses.replace(
         settings, out_dir=os.path.abspath(settings.out_dir), checkpoint=checkpoint
     )
-    chunks = [[Task(os.path.abspath(t.input), t.case) for t in chunk] for chunk in chunks]
+    chunks = [
+        [
+            dataclasses.replace(
+                t,
+                input=os.path.abspath(t.input),
+                source=t.source and os.path.abspath(t.source),
+            )
+            for t in chunk
+        ]
+        for chunk in chunks
+    ]
     return settings, chunks
 
 

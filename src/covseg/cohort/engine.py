@@ -29,7 +29,13 @@ from pathlib import Path
 
 from covseg.cohort.batch import segment_pictures
 from covseg.cohort.plan import Settings, Task
-from covseg.cohort.status import clear_failure, is_done, settings_record, write_failure
+from covseg.cohort.status import (
+    clear_failure,
+    input_stamp,
+    is_done,
+    settings_record,
+    write_failure,
+)
 from covseg.data.io import Image, read_image
 from covseg.data.io.common import is_picture
 from covseg.errors import CovsegError
@@ -130,7 +136,7 @@ def run_cases(tasks: Sequence[Task], settings: Settings) -> list[Outcome]:
     seg = segmenter_for(settings)
     record = settings_record(seg, settings)
     outcomes: list[Outcome | None] = [None] * len(tasks)
-    pictures: list[tuple[int, Image]] = []
+    pictures: list[tuple[int, Image, dict]] = []
     for i, task in enumerate(tasks):
         start = time.perf_counter()
         if not settings.redo and is_done(task, record, settings):
@@ -138,29 +144,31 @@ def run_cases(tasks: Sequence[Task], settings: Settings) -> list[Outcome]:
             outcomes[i] = Outcome(task, "skipped")
             continue
         try:
+            # Stamped before it is read: a scan replaced while it runs is redone next time.
+            stamped = record | {"input_stamp": input_stamp(task)}
             image = read_image(Path(task.input))
             if image.array.ndim == 2 and image.array.size <= SMALL_PICTURE:
-                pictures.append((i, image))
+                pictures.append((i, image, stamped))
                 continue
             result = seg.predict_image(image, settings.progress, probability=settings.probability)
-            outcomes[i] = _write(task, image, result, record, settings, start)
+            outcomes[i] = _write(task, image, result, stamped, settings, start)
         except Exception as err:  # one case's problem never stops the batch
             outcomes[i] = failed_outcome(task, err, settings, time.perf_counter() - start)
     if pictures:
         start = time.perf_counter()
         try:
             results = segment_pictures(
-                seg, [image for _, image in pictures], probability=settings.probability
+                seg, [image for _, image, _ in pictures], probability=settings.probability
             )
         except Exception as err:
             results = [err] * len(pictures)  # type: ignore[list-item]
         share = (time.perf_counter() - start) / len(pictures)
-        for (i, image), result in zip(pictures, results, strict=True):
+        for (i, image, stamped), result in zip(pictures, results, strict=True):
             t0 = time.perf_counter() - share
             try:
                 if isinstance(result, Exception):
                     raise result
-                outcomes[i] = _write(tasks[i], image, result, record, settings, t0)
+                outcomes[i] = _write(tasks[i], image, result, stamped, settings, t0)
             except Exception as err:
                 outcomes[i] = failed_outcome(tasks[i], err, settings, share)
     return [o for o in outcomes if o is not None]

@@ -41,11 +41,14 @@ class Task:
         label: the input as the user gave it where that differs from ``input`` (an entry of a
             zip file: ``scans.zip`` or ``scans.zip/slice_1.png``, read from where it was
             extracted); ``""``: ``input``.
+        source: the file on disk that ``input`` was taken from where that differs (the zip
+            file); ``""``: ``input``. Its size and time tell a rerun that the input changed.
     """
 
     input: str
     case: str
     label: str = ""
+    source: str = ""
 
     @property
     def name(self) -> str:
@@ -128,17 +131,19 @@ def plan_cases(inputs: Iterable[str | Path], labels: Mapping[str, str] | None = 
         if name in seen:
             raise DataError(f"{p}: same case name {name!r} as {seen[name]}; outputs would collide")
         seen[name] = p
-        tasks.append(Task(str(p), name, _label(Path(p), labels or {})))
+        label, source = _label(Path(p), labels or {})
+        tasks.append(Task(str(p), name, label, source))
     return tasks
 
 
-def _label(path: Path, labels: Mapping[str, str]) -> str:
+def _label(path: Path, labels: Mapping[str, str]) -> tuple[str, str]:
+    """``(label, source)`` of a path inside a folder of ``labels`` (else empty strings)."""
     for folder, name in labels.items():
         if path == Path(folder):
-            return name
+            return name, name
         if Path(folder) in path.parents:
-            return f"{name}/{path.relative_to(folder).as_posix()}"
-    return ""
+            return f"{name}/{path.relative_to(folder).as_posix()}", name
+    return "", ""
 
 
 def parse_shard(text: str) -> tuple[int, int]:

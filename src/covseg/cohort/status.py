@@ -3,8 +3,9 @@
 A case is finished when its ``<case>_report.json`` (renamed into place last, under the folder's
 lock, :func:`~covseg.inference.outputs.write_case`) names the same input and holds a
 ``"settings"`` record equal to this run's (:func:`settings_record`: the weights' sha256, TTA,
-intensity rule, framing, backend, formats, probability output), and every file that record
-lists is there. A failed case leaves a small JSON record in the hidden folder :data:`FAILED_DIR`
+intensity rule, framing, backend, formats, probability output), its input is unchanged since
+(:func:`input_stamp`: size and modification time, taken before the input was read), and every
+file that record lists is there. A failed case leaves a small JSON record in the hidden folder :data:`FAILED_DIR`
 of ``--out``, removed when the case later succeeds; with the reports these make the cohort table
 complete across reruns, shards and machines sharing the folder (:mod:`covseg.cohort.table`).
 """
@@ -23,6 +24,7 @@ from covseg.inference.segmenter import Segmenter
 __all__ = [
     "FAILED_DIR",
     "clear_failure",
+    "input_stamp",
     "is_done",
     "read_failures",
     "settings_record",
@@ -51,10 +53,32 @@ def settings_record(seg: Segmenter, settings: Settings) -> dict[str, Any]:
     }
 
 
+def input_stamp(task: Task) -> dict[str, int] | None:
+    """The number of files, bytes and newest modification time (ns) of what ``task`` reads:
+    its file, every file of its DICOM folder, or the zip file it came from (``task.source``).
+    Another scan copied over the same name changes it (``cp -p`` too: size or time differ).
+
+    Returns:
+        The stamp, or ``None`` where the input cannot be listed (never equal to a stored one).
+    """
+    path = Path(task.source or task.input)
+    try:
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        stats = [p.stat() for p in files]
+    except OSError:
+        return None
+    return {
+        "files": len(stats),
+        "bytes": sum(s.st_size for s in stats),
+        "mtime_ns": max((s.st_mtime_ns for s in stats), default=0),
+    }
+
+
 def is_done(task: Task, record: dict[str, Any], settings: Settings) -> bool:
     """Whether ``task``'s outputs in ``settings.out_dir`` are complete and made by the same
-    input, model and settings (``record``: :func:`settings_record`), with an overlay where
-    ``settings`` asks for one."""
+    input, unchanged since (:func:`input_stamp`), model and settings (``record``:
+    :func:`settings_record`), with an overlay where ``settings`` asks for one. Outputs of a
+    covseg that stored no stamp are made again."""
     out = Path(settings.out_dir)
     try:
         report = json.loads((out / f"{task.case}_report.json").read_text())
@@ -64,6 +88,9 @@ def is_done(task: Task, record: dict[str, Any], settings: Settings) -> bool:
     if not isinstance(stored, dict) or report.get("input") != task.name:
         return False
     if any(stored.get(key, _ABSENT.get(key)) != value for key, value in record.items()):
+        return False
+    stamp = stored.get("input_stamp")
+    if stamp is None or stamp != input_stamp(task):
         return False
     shape = report.get("shape")
     if settings.wants_overlay(len(shape) if isinstance(shape, list) else 0) and not stored.get(
