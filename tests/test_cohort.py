@@ -158,6 +158,26 @@ def test_an_input_replaced_under_its_name_is_done_again(checkpoint, tmp_path):
     assert _table(out)["p00"]["status"] == "done" and _table(out)["v00"]["status"] == "skipped"
 
 
+def test_covseg_outputs_are_never_read_as_scans(checkpoint, tmp_path, capsys):
+    src = _cohort(tmp_path, pictures=1, volumes=1)
+    out = tmp_path / "out"
+    assert _segment(src, out, checkpoint) == 0
+    capsys.readouterr()
+    # an output folder given as input: one line, exit 2, nothing written
+    assert _segment(out, tmp_path / "again", checkpoint) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "only covseg's own outputs" in err[0], err
+    assert not (tmp_path / "again").exists()
+    # outputs beside a new scan: only the scan is a case
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for f in out.glob("v00_*"):
+        (mixed / f.name).write_bytes(f.read_bytes())
+    _nifti(mixed / "new.nii.gz", 9)
+    assert _segment(mixed, tmp_path / "out2", checkpoint) == 0
+    assert sorted(_table(tmp_path / "out2")) == ["new"]
+
+
 # ------------------------------------------------------------------------------ failures
 def test_failed_case_is_listed_and_the_batch_goes_on(checkpoint, tmp_path, capsys):
     src = _cohort(tmp_path, pictures=2, volumes=0)

@@ -10,12 +10,14 @@ every case exactly once, whatever order or machine they run in.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from covseg.config.choices import OVERLAY_AUTO_MAX, OVERLAYS
 from covseg.data.io import find_inputs
+from covseg.data.io.common import strip_suffix
 from covseg.errors import DataError
 from covseg.inference.outputs import case_name
 
@@ -111,19 +113,48 @@ class Settings:
         return self.overlay == "all" or (self.overlay == "volumes" and ndim == 3)
 
 
+log = logging.getLogger(__name__)
+
+#: The name endings of what ``segment`` writes beside ``<case>_report.json``
+#: (:func:`~covseg.inference.outputs.output_names`): such files are never inputs.
+_OUTPUT_ENDINGS = ("_lungs", "_infection", "_infection_prob", "_overlay", "_seg", "_sr")
+
+
+def is_covseg_output(path: Path) -> bool:
+    """Whether ``path`` is a file ``segment`` wrote: ``<case>_lungs.nii.gz`` and the like, with
+    ``<case>_report.json`` beside it (an output folder given as input, or ``--out`` the scans'
+    own folder, would otherwise have its masks segmented as scans)."""
+    if not path.is_file():
+        return False
+    stem = strip_suffix(path.name)
+    return any(
+        stem.endswith(end) and (path.parent / f"{stem[: -len(end)]}_report.json").is_file()
+        for end in _OUTPUT_ENDINGS
+    )
+
+
 def plan_cases(inputs: Iterable[str | Path], labels: Mapping[str, str] | None = None) -> list[Task]:
     """The cases of the inputs given on the command line, in order, each input once.
 
     ``labels`` maps a folder that stands for another input (a zip file extracted there) to that
     input's name: its cases get ``label`` ``ZIP`` (the folder itself) or ``ZIP/ENTRY``.
 
+    Files that ``segment`` wrote (:func:`is_covseg_output`) are left out.
+
     Raises:
-        DataError: a missing input, a folder with nothing readable, no input at all, a name too
-            long, or two inputs with one case name (their outputs would collide).
+        DataError: a missing input, a folder with nothing readable, no input at all, one with
+            only covseg's outputs, a name too long, or two inputs with one case name (their
+            outputs would collide).
     """
-    paths = list(dict.fromkeys(p for given in inputs for p in find_inputs(given)))
+    inputs = list(inputs)
+    found = list(dict.fromkeys(p for given in inputs for p in find_inputs(given)))
+    paths = [p for p in found if not is_covseg_output(Path(p))]
     if not paths:
+        if found:
+            raise DataError(f"{inputs[0]}: only covseg's own outputs (masks beside a report)")
         raise DataError("no input given")
+    if len(paths) < len(found):
+        log.warning("%d file(s) that covseg wrote left out of the inputs", len(found) - len(paths))
     seen: dict[str, Path] = {}
     tasks = []
     for p in paths:
