@@ -5,6 +5,7 @@ assertions are about files, exit codes and messages, not accuracy."""
 from __future__ import annotations
 
 import io
+import json
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -75,3 +76,26 @@ def test_masks_drop_the_scans_display_window_and_intent(checkpoint, tmp_path):
         assert (mask.header["cal_min"], mask.header["cal_max"]) == (0, 0)
         assert mask.header.get_intent()[0] == "none"
         assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+
+
+@pytest.mark.parametrize("thickness", [None, 5.0])
+def test_one_dicom_slice_reports_millilitres_only_with_a_known_thickness(
+    checkpoint, tmp_path, thickness
+):
+    # One slice without SliceThickness was given 1 mm silently, and its mL were reported.
+    from _dicom import hu_to_stored, write_dicom_series
+
+    hu = make_phantom(0, (32, 32, 1))[0]  # (X, Y, Z): one slice
+    edit = None if thickness is None else (lambda ds, k: setattr(ds, "SliceThickness", thickness))
+    folder = write_dicom_series(tmp_path / "one", hu_to_stored(hu), [0.0], edit=edit)
+    rc, lines = _segment([folder], tmp_path / "out", checkpoint)
+    assert rc == 0, lines
+    report = json.loads((tmp_path / "out" / "one_report.json").read_text())
+    assert report["area_unit"] == "mm2" and report["infection_percent"] is not None
+    if thickness is None:
+        assert report["lung_volume_ml"] is None and report["voxel_volume_ml"] is None
+        assert not (tmp_path / "out" / "one_sr.dcm").exists()  # no volumes for an SR
+    else:
+        mm3 = 0.8 * 0.6 * thickness  # write_dicom_series' pixel spacing
+        assert report["voxel_volume_ml"] == pytest.approx(mm3 / 1000)
+        assert report["lung_volume_ml"] == pytest.approx(report["lung_voxels"] * mm3 / 1000)

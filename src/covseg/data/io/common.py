@@ -68,6 +68,8 @@ class Image:
             otherwise.
         sources: a DICOM series' slice files in the order of ``array``'s Z axis (what a
             DICOM-SEG references); ``None`` otherwise.
+        slice_known: ``False`` for one DICOM slice without a usable ``SliceThickness``: the
+            affine's 1 mm slice step is a placeholder, so no volume (mL) is reported.
     """
 
     array: np.ndarray
@@ -77,6 +79,7 @@ class Image:
     header: Any = None
     disk_shape: tuple[int, ...] | None = None
     sources: tuple[Path, ...] | None = None
+    slice_known: bool = True
 
     @property
     def spacing(self) -> tuple[float, ...]:

@@ -70,7 +70,7 @@ def read_dicom_series(folder: Path) -> Image:
         rows, cols = _slice_shape(folder, headers)
         check_size(folder, (rows, cols, len(headers)), (rows, cols))
         volume = _fill_volume(headers, rows, cols)
-        step = _slice_step(headers[0], normal, positions)
+        step, known = _slice_step(headers[0], normal, positions)
     lps = np.eye(4)
     lps[:3, 0] = row_cos * col_mm  # X runs along a row: one column apart
     lps[:3, 1] = col_cos * row_mm
@@ -79,7 +79,9 @@ def read_dicom_series(folder: Path) -> Image:
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # LPS -> RAS
     # (Z, rows, cols) -> (cols, rows, Z): X runs along a row, like nibabel's voxel order.
     sources = tuple(Path(_name(ds)) for ds in headers)  # what a DICOM-SEG references
-    return Image(volume.transpose(2, 1, 0), affine, "dicom", folder, sources=sources)
+    return Image(
+        volume.transpose(2, 1, 0), affine, "dicom", folder, sources=sources, slice_known=known
+    )
 
 
 def _dicom_files(folder: Path, files: list[Path]) -> list[Path]:
@@ -274,12 +276,14 @@ def _decode(ds: Any, rows: int, cols: int) -> np.ndarray:
     return pixels
 
 
-def _slice_step(ds0: Any, normal: np.ndarray, positions: list) -> np.ndarray:
-    """World vector from one slice to the next (``SliceThickness`` along the normal for one)."""
+def _slice_step(ds0: Any, normal: np.ndarray, positions: list) -> tuple[np.ndarray, bool]:
+    """World vector from one slice to the next (``SliceThickness`` along the normal for one),
+    and whether it is known (one slice without a usable ``SliceThickness``: 1 mm, unknown)."""
     if len(positions) > 1:
-        return (positions[-1] - positions[0]) / (len(positions) - 1)
+        return (positions[-1] - positions[0]) / (len(positions) - 1), True
     try:
-        thickness = float(ds0.get("SliceThickness", 1.0) or 1.0)
+        thickness = float(ds0.get("SliceThickness", 0.0) or 0.0)
     except Exception:
-        thickness = 1.0
-    return normal * (thickness if math.isfinite(thickness) and thickness > 0 else 1.0)
+        thickness = 0.0
+    known = math.isfinite(thickness) and thickness > 0
+    return normal * (thickness if known else 1.0), known

@@ -72,6 +72,8 @@ def dicom_seg_problem(image: Image) -> str | None:
     """
     if image.kind != "dicom" or not image.sources:
         return _not_a_series(image)
+    if not image.slice_known:
+        return f"{image.path}: one slice without SliceThickness: no volumes for a DICOM SR"
     try:
         _read_sources(image.sources[:1])
     except DataError as err:
