@@ -87,8 +87,11 @@ def test_future_format_names_the_version_needed(saved):
 
 
 def test_missing_sidecar_is_a_clear_error(tmp_path):
-    with pytest.raises(CheckpointError, match=r"nothing\.json: missing"):
+    with pytest.raises(CheckpointError, match=r"nothing\.safetensors: no such checkpoint"):
         load_checkpoint(tmp_path / "nothing.safetensors")
+    (tmp_path / "half.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"half\.json: missing"):
+        load_checkpoint(tmp_path / "half.safetensors")
 
 
 def test_pretrained_absent_says_so(monkeypatch, tmp_path):

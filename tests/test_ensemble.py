@@ -150,7 +150,7 @@ def test_cli_ensemble_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     out = tmp_path / "ens.safetensors"
     assert main(["ensemble", str(a), str(tmp_path / "missing.safetensors"), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "missing.json" in err
+    assert err.count("\n") == 0 and "missing.safetensors: no such checkpoint" in err
     assert main(["ensemble", str(a), str(a), "--out", str(tmp_path / "e.onnx")]) == 2
     assert ".safetensors" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "e.onnx").exists()

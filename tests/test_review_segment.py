@@ -99,3 +99,16 @@ def test_one_dicom_slice_reports_millilitres_only_with_a_known_thickness(
         mm3 = 0.8 * 0.6 * thickness  # write_dicom_series' pixel spacing
         assert report["voxel_volume_ml"] == pytest.approx(mm3 / 1000)
         assert report["lung_volume_ml"] == pytest.approx(report["lung_voxels"] * mm3 / 1000)
+
+
+def test_a_wrong_checkpoint_names_what_was_given(checkpoint, tmp_path):
+    # It used to name a .json sidecar nobody asked for (``scan.nii.json: missing``).
+    scan = _scan(tmp_path / "scan.nii.gz")
+    for given, problem in (
+        (tmp_path / "none.safetensors", "no such checkpoint"),
+        (scan, "not a checkpoint"),
+    ):
+        rc, lines = _segment([scan], tmp_path / "out", checkpoint, "--checkpoint", str(given))
+        assert rc == 2 and len(lines) == 1, lines
+        assert f"{given}: {problem}" in lines[0], lines
+    assert not (tmp_path / "out").exists()

@@ -493,7 +493,7 @@ def test_a_model_that_cannot_load_fails_each_job_with_its_reason(tmp_path):
         )
         assert (
             status["model"]["state"] == "failed"
-            and "missing.json: missing" in status["model"]["error"]
+            and "missing.safetensors: no such checkpoint" in status["model"]["error"]
         )
         job = _run(client, "a.nii.gz", _phantom(tmp_path / "a.nii.gz").read_bytes())
         assert job["state"] == "failed" and "the model cannot be loaded" in job["error"]

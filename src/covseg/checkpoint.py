@@ -88,7 +88,8 @@ def resolve_checkpoint(spec: str | Path) -> Path:
     """``"pretrained"`` -> the shipped model; any other value -> that path.
 
     Raises:
-        CheckpointError: an empty value, or ``"pretrained"`` in an install without one.
+        CheckpointError: an empty value, ``"pretrained"`` in an install without one, a folder,
+            another kind of file (a scan given as the checkpoint), or no such pair.
     """
     if str(spec) == "pretrained":
         return pretrained_path()
@@ -97,6 +98,12 @@ def resolve_checkpoint(spec: str | Path) -> Path:
     path = Path(spec)
     if path.name in ("", ".", "..") or path.is_dir():
         raise CheckpointError(f"{spec}: a folder, not a checkpoint (give RUN/best.safetensors)")
+    if path.suffix not in (".safetensors", ".json") and path.is_file():
+        raise CheckpointError(
+            f"{spec}: not a checkpoint (give NAME.safetensors, with NAME.json beside it)"
+        )
+    if not any(p.exists() for p in pair_paths(path)):
+        raise CheckpointError(f"{spec}: no such checkpoint")
     return path
 
 
