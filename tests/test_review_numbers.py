@@ -168,3 +168,12 @@ def test_evaluate_scores_segments_own_masks_as_perfect_and_half_of_them_by_hand(
     # % infected: the truth's lungs are segment's, so only case 2 differs.
     assert burden["bland_altman"]["bias"] == pytest.approx(100 * (p1 - t1) / l1 / 2)
     assert json.loads((tmp_path / "m.json").read_text())["burden"]["n_cases"] == 2
+
+
+def test_evaluate_on_a_file_says_it_wants_a_dataset_folder(tmp_path, capsys):
+    # It said "no such folder" about a file that exists.
+    scan = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 2), np.int16), np.eye(4)), scan)
+    assert main(["evaluate", "--checkpoint", "pretrained", "--data", str(scan)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{scan}: a file, not a dataset folder" in err, err

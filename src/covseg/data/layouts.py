@@ -327,6 +327,8 @@ def discover(
         DataError: unknown layout, missing folders, an image without its mask.
     """
     root = Path(root)
+    if root.is_file():
+        raise DataError(f"{root}: a file, not a dataset folder (images with their masks)")
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
     if layout == "auto":
