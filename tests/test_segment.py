@@ -155,6 +155,22 @@ def test_left_right_split_follows_the_patient_axis():
     assert counts["left"][0] >= 2 * 48 and counts["right"][0] >= 2 * 36
 
 
+def test_one_lung_is_not_cut_in_two():
+    # One lung (pneumonectomy, collapse, a slice below the other lung's base) was halved at its
+    # own mean column: half of it reported as the other lung.
+    from covseg.inference.burden import lung_sides
+
+    lungs = np.zeros((3, 20, 40), np.uint8)
+    lungs[:, 4:16, 23:35] = 1  # high columns: the patient's left
+    inf = np.zeros_like(lungs)
+    inf[1, 5:8, 25:28] = 1
+    n = int(lungs.sum())
+    assert left_right_counts(lungs, inf) == {"left": (n, 9), "right": (0, 0)}
+    assert set(np.unique(lung_sides(lungs)[lungs > 0])) == {1}
+    mirrored = left_right_counts(lungs[:, :, ::-1].copy(), inf[:, :, ::-1].copy())
+    assert mirrored == {"left": (0, 0), "right": (n, 9)}
+
+
 def test_left_right_counts_do_not_depend_on_the_labelling_chunk(monkeypatch):
     """Slices are labelled a few at a time (bounded memory); the counts are those of labelling
     every slice on its own, and every lung pixel lands on exactly one side."""
