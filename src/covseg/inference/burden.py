@@ -283,18 +283,25 @@ def lung_sides(lungs: np.ndarray) -> np.ndarray:
 #: share of its peak (0.02-0.13 on the 9 expert-labelled Zenodo scans). One lung is there at
 #: about its peak. At or above this share, the lung pixels are taken as one lung.
 _ONE_LUNG_SHARE = 0.5
+#: ... and lies at least this share of the width off the image's centre (a single lung's mean
+#: column is about a sixth of the width off it; lungs fused across the middle are centred).
+_ONE_LUNG_OFFSET = 0.08
 
 
 def _one_lung_side(column_mass: np.ndarray, midline: float) -> str | None:
-    """``"left"`` or ``"right"`` where the lung pixels' column profile (smoothed over 2 % of
-    the width each way) reaches :data:`_ONE_LUNG_SHARE` of its peak at ``midline``: one lung,
-    on the side of the image's centre its mean column lies on. ``None``: two lungs."""
+    """``"left"`` or ``"right"`` where the lung pixels' mean column ``midline`` lies
+    :data:`_ONE_LUNG_OFFSET` of the width off the image's centre and their column profile
+    (smoothed over 2 % of the width each way) reaches :data:`_ONE_LUNG_SHARE` of its peak
+    there: one lung, on that side. ``None``: two lungs (or no telling: cut at the midline)."""
     w = len(column_mass)
+    offset = midline - (w - 1) / 2
+    if abs(offset) < _ONE_LUNG_OFFSET * w:  # centred: both lungs fused, or no telling
+        return None
     band = max(1, round(0.02 * w))
     smooth = np.convolve(column_mass, np.ones(2 * band + 1), mode="same")
     if smooth[min(w - 1, round(midline))] < _ONE_LUNG_SHARE * smooth.max():
         return None
-    return "left" if midline >= (w - 1) / 2 else "right"
+    return "left" if offset > 0 else "right"
 
 
 def _side_chunks(lungs: np.ndarray) -> Iterator[tuple[int, Any, np.ndarray, np.ndarray, Any]]:
