@@ -19,7 +19,7 @@ from covseg.config.choices import OVERLAY_AUTO_MAX, OVERLAYS
 from covseg.data.io import find_inputs
 from covseg.data.io.common import strip_suffix
 from covseg.errors import DataError
-from covseg.inference.outputs import case_name
+from covseg.inference.outputs import OUTPUT_ENDINGS, case_name
 
 __all__ = [
     "OVERLAYS",
@@ -115,10 +115,6 @@ class Settings:
 
 log = logging.getLogger(__name__)
 
-#: The name endings of what ``segment`` writes beside ``<case>_report.json``
-#: (:func:`~covseg.inference.outputs.output_names`): such files are never inputs.
-_OUTPUT_ENDINGS = ("_lungs", "_infection", "_infection_prob", "_overlay", "_seg", "_sr")
-
 
 def is_covseg_output(path: Path) -> bool:
     """Whether ``path`` is a file ``segment`` wrote: ``<case>_lungs.nii.gz`` and the like, with
@@ -129,7 +125,7 @@ def is_covseg_output(path: Path) -> bool:
     stem = strip_suffix(path.name)
     return any(
         stem.endswith(end) and (path.parent / f"{stem[: -len(end)]}_report.json").is_file()
-        for end in _OUTPUT_ENDINGS
+        for end in OUTPUT_ENDINGS.values()
     )
 
 

@@ -132,14 +132,10 @@ def image_slices(image: Image) -> ScanSlices:
         raise DataError(f"{image.path}: expected a 2-D picture or a 3-D volume with an affine")
     if image.affine is not None:  # an Image built by hand: its geometry checked as read
         check_affine(image.path, image.affine)
-    mm = canonical_spacing(image)
+    mm, voxel_ml = canonical_spacing(image), voxel_volume_ml(image)
     if mm is not None and not image.slice_known:  # one slice of unknown thickness: areas only
-        return ScanSlices(
-            canonical_view(a, image), a.shape, image.path, (mm[0], mm[1], None), None, image
-        )
-    return ScanSlices(
-        canonical_view(a, image), a.shape, image.path, mm, voxel_volume_ml(image), image
-    )
+        mm, voxel_ml = (mm[0], mm[1], None), None
+    return ScanSlices(canonical_view(a, image), a.shape, image.path, mm, voxel_ml, image)
 
 
 def array_slices(

@@ -198,6 +198,17 @@ def case_formats(requested: Sequence[str] | None, image: Image) -> tuple[str, ..
     return OUTPUT_FORMATS
 
 
+#: The name ending of each file :func:`write_case` writes beside ``<case>_report.json``.
+OUTPUT_ENDINGS = {
+    "lungs": "_lungs",
+    "infection": "_infection",
+    "dicom_seg": "_seg",
+    "dicom_sr": "_sr",
+    "probability": "_infection_prob",
+    "overlay": "_overlay",
+}
+
+
 def output_names(
     case: str, image: Image, formats: Sequence[str] = ("nifti",), probability: bool = False
 ) -> dict[str, str]:
@@ -206,14 +217,16 @@ def output_names(
     (``dicom-seg``), ``probability`` (with ``probability``, whatever the formats), ``overlay``
     and ``report`` (always; the report last)."""
     ext = ".png" if image.array.ndim == 2 else ".nii.gz"
-    names = {}
+    kinds = {}
     if "nifti" in formats:
-        names |= {"lungs": f"{case}_lungs{ext}", "infection": f"{case}_infection{ext}"}
+        kinds |= {"lungs": ext, "infection": ext}
     if "dicom-seg" in formats:
-        names |= {"dicom_seg": f"{case}_seg.dcm", "dicom_sr": f"{case}_sr.dcm"}
+        kinds |= {"dicom_seg": ".dcm", "dicom_sr": ".dcm"}
     if probability:
-        names["probability"] = f"{case}_infection_prob{ext}"
-    return names | {"overlay": f"{case}_overlay.png", "report": f"{case}_report.json"}
+        kinds["probability"] = ext
+    kinds["overlay"] = ".png"
+    names = {k: f"{case}{OUTPUT_ENDINGS[k]}{suffix}" for k, suffix in kinds.items()}
+    return names | {"report": f"{case}_report.json"}
 
 
 def write_case(
